@@ -1,0 +1,4 @@
+from haystack_integrations.components.embedders.dual_encoder.document_embedder import DualEncoderDocumentEmbedder
+from haystack_integrations.components.embedders.dual_encoder.text_embedder import DualEncoderTextEmbedder
+
+__all__ = ["DualEncoderDocumentEmbedder", "DualEncoderTextEmbedder"]

@@ -1,0 +1,106 @@
+"""Haystack component: documents in, documents with document-tower embeddings out."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from typing import Any
+
+from haystack import Document, component, default_from_dict, default_to_dict
+
+from dual_encoder.config import EncoderConfig
+from dual_encoder.documents import DocumentInput, embed_documents
+from dual_encoder.encoder import DualEncoder
+
+
+@component
+class DualEncoderDocumentEmbedder:
+    """Embeds documents with the **document tower** of a dual encoder and stamps its fingerprint.
+
+    Each embedded document gets ``meta["encoder_fingerprint"]`` (the document space, which retrievers and
+    stores check) and ``meta["encoder_input_digest"]`` (a digest of the embedded text). A document whose text
+    and fingerprint are unchanged and that already has an embedding is passed through without encoding it
+    again. Documents with no text are passed on without an embedding (with a warning), never dropped.
+
+    Usage::
+
+        embedder = DualEncoderDocumentEmbedder(encoder={"model": "all-MiniLM-L6-v2"}, meta_fields_to_embed=["title"])
+        documents = embedder.run(documents=[Document(content="...", meta={"title": "..."})])["documents"]
+
+    :param encoder: The encoder definition (an ``EncoderConfig``, its dict form, or a model name). Use the
+        same definition for the query side.
+    :param meta_fields_to_embed: Meta fields whose values are embedded before the content. Values must be
+        strings, numbers or booleans.
+    :param embedding_separator: Joins the meta values and the content.
+    :param progress_bar: Show a progress bar while encoding.
+    """
+
+    def __init__(
+        self,
+        encoder: EncoderConfig | dict[str, Any] | str = "all-MiniLM-L6-v2",
+        meta_fields_to_embed: list[str] | None = None,
+        embedding_separator: str = "\n",
+        progress_bar: bool = True,
+    ) -> None:
+        self.encoder_config = EncoderConfig.coerce(encoder)
+        self.meta_fields_to_embed = list(meta_fields_to_embed or [])
+        self.embedding_separator = embedding_separator
+        self.progress_bar = progress_bar
+        self.encoder = DualEncoder(self.encoder_config)
+
+    def warm_up(self) -> None:
+        """Load the model (shared within the process) and compute its fingerprint; idempotent."""
+        self.encoder.load()
+        _ = self.encoder.fingerprint
+
+    def to_dict(self) -> dict[str, Any]:
+        return default_to_dict(
+            self,
+            encoder=self.encoder_config.to_dict(),
+            meta_fields_to_embed=self.meta_fields_to_embed,
+            embedding_separator=self.embedding_separator,
+            progress_bar=self.progress_bar,
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DualEncoderDocumentEmbedder:
+        return default_from_dict(cls, data)
+
+    @component.output_types(documents=list[Document])
+    def run(self, documents: list[Document]) -> dict[str, list[Document]]:
+        """Embed ``documents``.
+
+        :param documents: Documents to embed; their order is kept and none is dropped.
+        :returns: ``documents``: the same documents with ``embedding`` and fingerprint meta set.
+        :raises TypeError: ``documents`` is not a list of Documents.
+        :raises ValueError: A document has non-text content or an unusable meta field (nothing is embedded).
+        """
+        if not isinstance(documents, list) or not all(isinstance(doc, Document) for doc in documents):
+            raise TypeError(
+                "DualEncoderDocumentEmbedder expects a list of Documents. To embed a single string, use "
+                "DualEncoderTextEmbedder."
+            )
+        self.warm_up()
+        outcomes = embed_documents(
+            self.encoder,
+            [
+                DocumentInput(id=doc.id, content=doc.content, meta=doc.meta, has_embedding=doc.embedding is not None)
+                for doc in documents
+            ],
+            meta_fields_to_embed=self.meta_fields_to_embed,
+            separator=self.embedding_separator,
+            progress_bar=self.progress_bar,
+        )
+        embedded = []
+        for document, outcome in zip(documents, outcomes):
+            if outcome.status == "unchanged":
+                embedded.append(document)
+            else:
+                vector = None if outcome.embedding is None else outcome.embedding.tolist()
+                embedded.append(replace(document, embedding=vector, meta=outcome.meta))
+        return {"documents": embedded}
+
+    @component.output_types(documents=list[Document])
+    async def run_async(self, documents: list[Document]) -> dict[str, list[Document]]:
+        """Same as :meth:`run`, without blocking the event loop."""
+        return await asyncio.to_thread(self.run, documents)

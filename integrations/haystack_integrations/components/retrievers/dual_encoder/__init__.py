@@ -1,0 +1,4 @@
+from haystack_integrations.components.retrievers.dual_encoder.dual_encoder_retriever import DualEncoderRetriever
+from haystack_integrations.components.retrievers.dual_encoder.embedded_retriever import EmbeddedEmbeddingRetriever
+
+__all__ = ["DualEncoderRetriever", "EmbeddedEmbeddingRetriever"]

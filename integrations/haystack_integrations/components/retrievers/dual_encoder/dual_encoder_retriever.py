@@ -1,0 +1,147 @@
+"""Haystack component: a query string in, documents out, through the query tower of a dual encoder."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from haystack import Document, component, default_from_dict, default_to_dict
+from haystack.components.retrievers.types import EmbeddingRetriever
+from haystack.core.serialization import component_to_dict
+from haystack.errors import FilterError
+
+from dual_encoder import errors
+from dual_encoder.config import EncoderConfig, validate_top_k
+from dual_encoder.encoder import DualEncoder
+from dual_encoder.filters import compile_filter
+from dual_encoder.fingerprint import DOCUMENT_SPACE_META_KEY, check_documents_compatible, check_store_compatible
+
+logger = logging.getLogger(__name__)
+
+
+@component
+class DualEncoderRetriever:
+    """First-stage retriever: encodes the query with the query tower, searches any embedding retriever.
+
+    Before searching, it checks the store's recorded encoder fingerprint, dimension and similarity (for
+    stores that record them, like :class:`EmbeddedDocumentStore`). After searching, it checks the
+    fingerprint every returned document carries. A mismatch raises ``EncoderMismatchError`` (a
+    ``ValueError``) naming both sides instead of returning documents from another embedding space.
+
+    Usage::
+
+        store = EmbeddedDocumentStore(path="my-index")
+        retriever = DualEncoderRetriever(
+            retriever=EmbeddedEmbeddingRetriever(document_store=store),
+            encoder={"model": "all-MiniLM-L6-v2"},
+            top_k=5,
+        )
+        documents = retriever.run(query="What causes tides?")["documents"]
+
+    :param retriever: Any Haystack embedding retriever (``run(query_embedding, filters, top_k)``), e.g.
+        ``EmbeddedEmbeddingRetriever`` or ``InMemoryEmbeddingRetriever``.
+    :param encoder: The encoder definition the documents were embedded with (config, dict or model name).
+    :param top_k: Default number of documents; ``None`` uses the inner retriever's default.
+    """
+
+    def __init__(
+        self,
+        retriever: EmbeddingRetriever,
+        encoder: EncoderConfig | dict[str, Any] | str = "all-MiniLM-L6-v2",
+        top_k: int | None = None,
+    ) -> None:
+        if top_k is not None:
+            validate_top_k(top_k)
+        self.retriever = retriever
+        self.encoder_config = EncoderConfig.coerce(encoder)
+        self.top_k = top_k
+        self.encoder = DualEncoder(self.encoder_config)
+        self._warned_unverified = False
+
+    def warm_up(self) -> None:
+        """Load the query tower (shared within the process) and warm up the inner retriever; idempotent."""
+        self.encoder.load()
+        _ = self.encoder.fingerprint
+        if hasattr(self.retriever, "warm_up"):
+            self.retriever.warm_up()
+
+    def to_dict(self) -> dict[str, Any]:
+        return default_to_dict(
+            self,
+            retriever=component_to_dict(obj=self.retriever, name="retriever"),
+            encoder=self.encoder_config.to_dict(),
+            top_k=self.top_k,
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DualEncoderRetriever:
+        return default_from_dict(cls, data)
+
+    @component.output_types(documents=list[Document])
+    def run(
+        self, query: str, filters: dict[str, Any] | None = None, top_k: int | None = None
+    ) -> dict[str, list[Document]]:
+        """Retrieve the documents closest to ``query``.
+
+        :param query: The question; empty or whitespace-only queries are refused.
+        :param filters: Haystack-syntax metadata filters, validated before anything runs.
+        :param top_k: Number of documents; defaults to ``top_k`` from init, then the inner retriever's.
+        :returns: ``documents``: best first, each with ``score``.
+        :raises ValueError: Empty query, ``top_k`` < 1, or an encoder/dimension mismatch with the store.
+        :raises FilterError: Malformed filters or unknown operators.
+        """
+        top_k = self._prepare(filters, top_k)
+        query_embedding = self.encoder.encode_query(query).tolist()
+        arguments: dict[str, Any] = {"query_embedding": query_embedding, "filters": filters}
+        if top_k is not None:
+            arguments["top_k"] = top_k
+        documents = self.retriever.run(**arguments)["documents"]
+        return {"documents": self._verified(documents)}
+
+    @component.output_types(documents=list[Document])
+    async def run_async(
+        self, query: str, filters: dict[str, Any] | None = None, top_k: int | None = None
+    ) -> dict[str, list[Document]]:
+        """Same as :meth:`run`; the inner retriever's ``run_async`` is used when it has one."""
+        top_k = await asyncio.to_thread(self._prepare, filters, top_k)
+        query_embedding = (await asyncio.to_thread(self.encoder.encode_query, query)).tolist()
+        arguments: dict[str, Any] = {"query_embedding": query_embedding, "filters": filters}
+        if top_k is not None:
+            arguments["top_k"] = top_k
+        if hasattr(self.retriever, "run_async"):
+            result = await self.retriever.run_async(**arguments)
+        else:
+            result = await asyncio.to_thread(self.retriever.run, **arguments)
+        return {"documents": self._verified(result["documents"])}
+
+    def _prepare(self, filters: dict[str, Any] | None, top_k: int | None) -> int | None:
+        top_k = self.top_k if top_k is None else top_k
+        if top_k is not None:
+            validate_top_k(top_k)
+        try:
+            compile_filter(filters)
+        except errors.FilterError as error:
+            raise FilterError(str(error)) from error
+        self.warm_up()
+        store = getattr(self.retriever, "document_store", None)
+        get_space = getattr(store, "get_embedding_space", None)
+        if callable(get_space):
+            check_store_compatible(self.encoder.fingerprint, get_space(), where=type(store).__name__)
+        return top_k
+
+    def _verified(self, documents: list[Document]) -> list[Document]:
+        unverified = check_documents_compatible(
+            self.encoder.fingerprint,
+            (doc.meta.get(DOCUMENT_SPACE_META_KEY) for doc in documents),
+            where="the retrieved documents",
+        )
+        if unverified and not self._warned_unverified:
+            self._warned_unverified = True
+            logger.warning(
+                "%d retrieved document(s) carry no encoder fingerprint, so this retriever cannot verify they were "
+                "embedded with its encoder. Embed documents with DualEncoderDocumentEmbedder to enable the check.",
+                unverified,
+            )
+        return documents
+

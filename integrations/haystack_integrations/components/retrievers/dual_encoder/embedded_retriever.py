@@ -1,0 +1,110 @@
+"""Haystack component: embedding retrieval over the embedded default store."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from haystack import Document, component, default_from_dict, default_to_dict
+from haystack.document_stores.types import FilterPolicy, apply_filter_policy
+
+from dual_encoder.config import validate_top_k
+from haystack_integrations.document_stores.dual_encoder import EmbeddedDocumentStore
+
+
+@component
+class EmbeddedEmbeddingRetriever:
+    """Exact top-k retrieval by query embedding from an :class:`EmbeddedDocumentStore`.
+
+    Most users want :class:`DualEncoderRetriever`, which wraps this one and encodes the query text itself.
+
+    Usage::
+
+        retriever = EmbeddedEmbeddingRetriever(document_store=EmbeddedDocumentStore(path="my-index"), top_k=5)
+        documents = retriever.run(query_embedding=[0.1, ...])["documents"]
+
+    :param document_store: The store to search.
+    :param filters: Default Haystack-syntax filters.
+    :param top_k: Default number of documents to return; must be positive.
+    :param filter_policy: How run-time filters combine with ``filters`` (``replace`` or ``merge``).
+    :param return_embedding: Include each document's embedding in the results.
+    """
+
+    def __init__(
+        self,
+        document_store: EmbeddedDocumentStore,
+        filters: dict[str, Any] | None = None,
+        top_k: int = 10,
+        filter_policy: FilterPolicy | str = FilterPolicy.REPLACE,
+        return_embedding: bool = False,
+    ) -> None:
+        if not isinstance(document_store, EmbeddedDocumentStore):
+            raise TypeError(
+                f"document_store must be an EmbeddedDocumentStore, got {type(document_store).__name__}. For other "
+                f"stores use their own embedding retriever inside DualEncoderRetriever."
+            )
+        validate_top_k(top_k)
+        self.document_store = document_store
+        self.filters = filters
+        self.top_k = top_k
+        self.filter_policy = FilterPolicy.from_str(filter_policy) if isinstance(filter_policy, str) else filter_policy
+        self.return_embedding = return_embedding
+
+    def to_dict(self) -> dict[str, Any]:
+        return default_to_dict(
+            self,
+            document_store=self.document_store.to_dict(),
+            filters=self.filters,
+            top_k=self.top_k,
+            filter_policy=self.filter_policy.value,
+            return_embedding=self.return_embedding,
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EmbeddedEmbeddingRetriever:
+        return default_from_dict(cls, data)
+
+    @component.output_types(documents=list[Document])
+    def run(
+        self,
+        query_embedding: list[float],
+        filters: dict[str, Any] | None = None,
+        top_k: int | None = None,
+        return_embedding: bool | None = None,
+    ) -> dict[str, list[Document]]:
+        """Retrieve the documents closest to ``query_embedding``.
+
+        :param query_embedding: The query vector (from the same encoder as the documents).
+        :param filters: Run-time filters, combined with the default ones by ``filter_policy``.
+        :param top_k: Number of documents to return; defaults to the ``top_k`` given at init.
+        :param return_embedding: Override ``return_embedding`` for this call.
+        :returns: ``documents``: best first, each with ``score`` (cosine similarity or dot product).
+        """
+        top_k = self.top_k if top_k is None else top_k
+        validate_top_k(top_k)
+        documents = self.document_store.embedding_retrieval(
+            query_embedding=query_embedding,
+            filters=apply_filter_policy(self.filter_policy, self.filters, filters),
+            top_k=top_k,
+            return_embedding=self.return_embedding if return_embedding is None else return_embedding,
+        )
+        return {"documents": documents}
+
+    @component.output_types(documents=list[Document])
+    async def run_async(
+        self,
+        query_embedding: list[float],
+        filters: dict[str, Any] | None = None,
+        top_k: int | None = None,
+        return_embedding: bool | None = None,
+    ) -> dict[str, list[Document]]:
+        """Same as :meth:`run`, without blocking the event loop."""
+        top_k = self.top_k if top_k is None else top_k
+        validate_top_k(top_k)
+        documents = await self.document_store.embedding_retrieval_async(
+            query_embedding=query_embedding,
+            filters=apply_filter_policy(self.filter_policy, self.filters, filters),
+            top_k=top_k,
+            return_embedding=self.return_embedding if return_embedding is None else return_embedding,
+        )
+        return {"documents": documents}
+

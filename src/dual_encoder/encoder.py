@@ -1,0 +1,285 @@
+"""The dual encoder: one definition, two roles.
+
+:class:`DualEncoder` is the only way this package turns text into vectors. Queries always go through
+``encode_query`` and documents through ``encode_document`` of sentence-transformers, with the role prompts
+from the :class:`~dual_encoder.config.EncoderConfig`, so a prompt or a Router route cannot be skipped.
+
+Example::
+
+    encoder = DualEncoder(EncoderConfig(model="all-MiniLM-L6-v2"))
+    document_vectors = encoder.encode_documents(["Paris is the capital of France."])
+    query_vector = encoder.encode_query("What is the capital of France?")
+    scores = document_vectors @ query_vector
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from dual_encoder.config import SIMILARITIES, EncoderConfig
+from dual_encoder.errors import ConfigurationError, EmptyTextError
+from dual_encoder.fingerprint import EncoderFingerprint, document_space_id, modules_digest, query_tower_id
+from dual_encoder.models import load_shared_model
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+logger = logging.getLogger(__name__)
+
+QUERY_ROUTE = "query"
+DOCUMENT_ROUTE = "document"
+_DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")
+
+
+class DualEncoder:
+    """Encodes queries with the query tower and documents with the document tower of one model.
+
+    The model is loaded lazily (on :meth:`load` or first use) and shared with every other encoder in the
+    process that uses the same model folder and options.
+
+    :param config: The encoder definition, its dict form, or a model name.
+    """
+
+    def __init__(self, config: EncoderConfig | dict[str, Any] | str = "all-MiniLM-L6-v2") -> None:
+        self.config = EncoderConfig.coerce(config)
+        self._model: SentenceTransformer | None = None
+        self._fingerprint: EncoderFingerprint | None = None
+        self._load_lock = threading.Lock()
+        self._warned_truncation = False
+
+    # ----------------------------------------------------------------------------------------------- loading
+    def load(self) -> DualEncoder:
+        """Load (or reuse) the model and check the definition against it. Safe to call repeatedly."""
+        if self._model is not None:
+            return self
+        with self._load_lock:
+            if self._model is None:
+                model = load_shared_model(
+                    self.config.model,
+                    device=self.config.device,
+                    trust_remote_code=self.config.trust_remote_code,
+                    max_seq_length=self.config.max_seq_length,
+                )
+                self._validate_against(model)
+                self._model = model
+        return self
+
+    @property
+    def model(self) -> SentenceTransformer:
+        return self.load()._model  # type: ignore[return-value]
+
+    def _validate_against(self, model: SentenceTransformer) -> None:
+        router = _router_of(model)
+        if router is not None and not {QUERY_ROUTE, DOCUMENT_ROUTE} <= set(router.sub_modules.keys()):
+            raise ConfigurationError(
+                f"Model '{self.config.model}' starts with a Router whose routes are "
+                f"{sorted(router.sub_modules.keys())}; a dual encoder needs 'query' and 'document' routes. "
+                f"Build it with Router.for_query_document or dual_encoder.towers.combine_towers."
+            )
+        if self.config.normalize is False and _ends_with_normalize(model):
+            raise ConfigurationError(
+                f"normalize=False, but model '{self.config.model}' normalises its embeddings itself (it ends "
+                f"with a Normalize module). Leave normalize unset (None) or true for this model."
+            )
+        similarity = self.config.similarity or model.similarity_fn_name
+        if similarity not in SIMILARITIES:
+            raise ConfigurationError(
+                f"Model '{self.config.model}' declares similarity {similarity!r}; this project supports "
+                f"{SIMILARITIES}. Set similarity explicitly in the encoder definition."
+            )
+
+    # ------------------------------------------------------------------------------------------- properties
+    @property
+    def is_asymmetric(self) -> bool:
+        """True when queries and documents go through different towers (a Router model)."""
+        return _router_of(self.model) is not None
+
+    @property
+    def dimension(self) -> int:
+        dimension = self.model.get_embedding_dimension()
+        if dimension is None:
+            raise ConfigurationError(f"Model '{self.config.model}' does not declare its embedding dimension.")
+        return int(dimension)
+
+    @property
+    def similarity(self) -> str:
+        return self.config.similarity or self.model.similarity_fn_name
+
+    @property
+    def normalize(self) -> bool:
+        """Whether the produced embeddings are unit length."""
+        return bool(self.config.normalize) or _ends_with_normalize(self.model)
+
+    @property
+    def query_prompt(self) -> str:
+        if self.config.query_prompt is not None:
+            return self.config.query_prompt
+        return self.model.prompts.get(QUERY_ROUTE, "") or ""
+
+    @property
+    def document_prompt(self) -> str:
+        if self.config.document_prompt is not None:
+            return self.config.document_prompt
+        prompts = self.model.prompts
+        for name in _DOCUMENT_PROMPT_NAMES:
+            if name in prompts:
+                return prompts[name] or ""
+        return ""
+
+    @property
+    def max_seq_length(self) -> int | None:
+        """Token limit of the document tower."""
+        module = _input_module(self.model, DOCUMENT_ROUTE)
+        value = getattr(module, "max_seq_length", None)
+        return int(value) if value is not None else None
+
+    @property
+    def fingerprint(self) -> EncoderFingerprint:
+        """Identity of this encoder's document space and query tower (computed once per encoder)."""
+        if self._fingerprint is None:
+            model = self.model
+            normalize = self.normalize
+            document_digest = modules_digest(tower_modules(model, DOCUMENT_ROUTE))
+            query_digest = modules_digest(tower_modules(model, QUERY_ROUTE))
+            query_module = _input_module(model, QUERY_ROUTE)
+            self._fingerprint = EncoderFingerprint(
+                document_space=document_space_id(
+                    tower_digest=document_digest,
+                    prompt=self.document_prompt,
+                    normalize=normalize,
+                    dimension=self.dimension,
+                    similarity=self.similarity,
+                    max_seq_length=self.max_seq_length,
+                ),
+                query_tower=query_tower_id(
+                    tower_digest=query_digest,
+                    prompt=self.query_prompt,
+                    normalize=normalize,
+                    max_seq_length=getattr(query_module, "max_seq_length", None),
+                ),
+                dimension=self.dimension,
+                similarity=self.similarity,
+            )
+        return self._fingerprint
+
+    # --------------------------------------------------------------------------------------------- encoding
+    def encode_query(self, text: str) -> np.ndarray:
+        """One query to one float32 vector, through the query tower with the query prompt."""
+        return self.encode_queries([text])[0]
+
+    def encode_queries(self, texts: Sequence[str], *, progress_bar: bool = False) -> np.ndarray:
+        """Queries to an ``(n, dimension)`` float32 matrix. Empty or non-text queries are refused."""
+        for position, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise EmptyTextError(
+                    f"Query {position} is {type(text).__name__}, not text. Pass the question as a string."
+                )
+            if not text.strip():
+                raise EmptyTextError(
+                    f"Query {position} is empty or whitespace only ({text!r}). Pass a question with words in it."
+                )
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        model = self.model
+        vectors = model.encode_query(
+            list(texts),
+            prompt=self.query_prompt,
+            batch_size=self.config.batch_size,
+            show_progress_bar=progress_bar,
+            convert_to_numpy=True,
+            normalize_embeddings=self._normalize_outside_model(),
+        )
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def encode_documents(self, texts: Sequence[str], *, progress_bar: bool = False) -> np.ndarray:
+        """Document texts to an ``(n, dimension)`` float32 matrix, through the document tower.
+
+        Texts longer than the document tower's token limit are truncated; the first time that happens the
+        encoder logs one warning with the count, instead of one per document.
+        """
+        for position, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                raise EmptyTextError(
+                    f"Document text {position} is empty or not a string ({text!r}); there is nothing to embed."
+                )
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        self._warn_once_if_truncated(texts)
+        vectors = self.model.encode_document(
+            list(texts),
+            prompt=self.document_prompt,
+            batch_size=self.config.batch_size,
+            show_progress_bar=progress_bar,
+            convert_to_numpy=True,
+            normalize_embeddings=self._normalize_outside_model(),
+        )
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def count_truncated(self, texts: Sequence[str]) -> int:
+        """How many document texts (with the document prompt) exceed the document tower's token limit."""
+        limit = self.max_seq_length
+        tokenizer = getattr(_input_module(self.model, DOCUMENT_ROUTE), "tokenizer", None)
+        if limit is None or tokenizer is None:
+            return 0
+        prompt = self.document_prompt
+        lengths = tokenizer(
+            [prompt + text for text in texts],
+            add_special_tokens=True,
+            truncation=False,
+            return_length=True,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+            verbose=False,
+        )["length"]
+        return sum(1 for length in lengths if length > limit)
+
+    def _warn_once_if_truncated(self, texts: Sequence[str]) -> None:
+        if self._warned_truncation:
+            return
+        truncated = self.count_truncated(texts)
+        if truncated:
+            self._warned_truncation = True
+            logger.warning(
+                "%d of %d document texts are longer than the document tower's limit of %d tokens and were "
+                "truncated; only their first %d tokens are embedded. Split long documents into passages (for "
+                "example with Haystack's DocumentSplitter) to embed all of their text. This warning is shown "
+                "once per encoder.",
+                truncated,
+                len(texts),
+                self.max_seq_length,
+                self.max_seq_length,
+            )
+
+    def _normalize_outside_model(self) -> bool:
+        return bool(self.config.normalize) and not _ends_with_normalize(self.model)
+
+
+# ------------------------------------------------------------------------------------------ model anatomy
+def _router_of(model: SentenceTransformer):
+    from sentence_transformers.base.modules import Router
+
+    first = model[0] if len(model) else None
+    return first if isinstance(first, Router) else None
+
+
+def _ends_with_normalize(model: SentenceTransformer) -> bool:
+    from sentence_transformers.base.modules import Normalize
+
+    return len(model) > 0 and isinstance(model[-1], Normalize)
+
+
+def tower_modules(model: SentenceTransformer, route: str) -> list[Any]:
+    """The modules a text passes through in ``route``: the route's own modules, then the shared ones."""
+    router = _router_of(model)
+    if router is None:
+        return list(model)
+    return list(router.sub_modules[route]) + list(model)[1:]
+
+
+def _input_module(model: SentenceTransformer, route: str) -> Any:
+    return tower_modules(model, route)[0]
