@@ -99,6 +99,8 @@ class EmbeddedIndex:
         self._matrix = np.zeros((0, 0), dtype=np.float32)
         self._norms = np.zeros(0, dtype=np.float32)
         self._has_vector = np.zeros(0, dtype=bool)
+        #: Free-form JSON-safe facts saved with the index, such as the encoder definition that filled it.
+        self.metadata: dict[str, Any] = {}
         if self.path is not None and (self.path / _MANIFEST).exists():
             self._load()
 
@@ -361,6 +363,7 @@ class EmbeddedIndex:
         self._records = records
         self._position = {record.id: p for p, record in enumerate(records)}
         self._document_space = manifest.get("document_space")
+        self.metadata = manifest.get("metadata") or {}
         if manifest.get("dimension") is not None:
             self._allocate(int(manifest["dimension"]), capacity=max(1024, len(records)))
             self._matrix[: len(records)] = matrix
@@ -417,6 +420,7 @@ def _write_snapshot(index: EmbeddedIndex, path: Path) -> None:
         "dimension": index._dimension,
         "similarity": index.similarity,
         "document_space": index._document_space,
+        "metadata": index.metadata,
     }
     temporary = path / f".{_MANIFEST}.{name}"
     temporary.write_text(json.dumps(manifest, indent=2), encoding="utf-8")

@@ -1,0 +1,165 @@
+"""The ``dual-encoder`` command line: index, search, demo, combine.
+
+    dual-encoder index notes/ --store my-index
+    dual-encoder search "How do heat pumps work?" --store my-index
+    dual-encoder demo
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from dual_encoder.config import EncoderConfig
+from dual_encoder.encoder import DualEncoder
+from dual_encoder.errors import DualEncoderError
+from dual_encoder.index import EmbeddedIndex, SearchHit
+from dual_encoder.search import ENCODER_METADATA_KEY, index_documents, search
+from dual_encoder.sources import read_documents
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Dual-encoder retrieval: index and search text.")
+console = Console()
+
+StoreOption = Annotated[Path, typer.Option("--store", "-s", help="Embedded store directory.")]
+ModelOption = Annotated[
+    Optional[str], typer.Option("--model", "-m", help="Model folder or name (default: all-MiniLM-L6-v2).")
+]
+
+
+def _encoder_config(model: str | None, query_prompt: str | None, document_prompt: str | None, batch_size: int | None,
+                    recorded: dict | None = None) -> EncoderConfig:
+    base = dict(recorded or {})
+    overrides = {"model": model, "query_prompt": query_prompt, "document_prompt": document_prompt,
+                 "batch_size": batch_size}
+    base.update({key: value for key, value in overrides.items() if value is not None})
+    return EncoderConfig.from_dict(base)
+
+
+@app.command("index")
+def index_command(
+    source: Annotated[Path, typer.Argument(help="A folder of .txt/.md files, or a .jsonl file.")],
+    store: StoreOption = Path("dual-encoder-index"),
+    model: ModelOption = None,
+    query_prompt: Annotated[Optional[str], typer.Option(help="Prompt prepended to queries.")] = None,
+    document_prompt: Annotated[Optional[str], typer.Option(help="Prompt prepended to documents.")] = None,
+    meta_field: Annotated[Optional[list[str]], typer.Option("--meta-field", help="Meta field to embed with the text (repeatable).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Texts per forward pass.")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+) -> None:
+    """Embed documents with the document tower and add them to an embedded store."""
+    index = EmbeddedIndex(store)
+    config = _encoder_config(model, query_prompt, document_prompt, batch_size, index.metadata.get(ENCODER_METADATA_KEY))
+    documents = read_documents(source)
+    started = time.perf_counter()
+    summary = index_documents(
+        DualEncoder(config), index, documents, meta_fields_to_embed=meta_field or (), progress_bar=progress
+    )
+    console.print(
+        f"Indexed {len(documents)} documents into [bold]{store}[/bold] in {time.perf_counter() - started:.1f} s: "
+        f"{summary.encoded} encoded, {summary.unchanged} unchanged, {summary.without_text} without text. "
+        f"The store now holds {len(index)} documents."
+    )
+
+
+@app.command("search")
+def search_command(
+    question: Annotated[str, typer.Argument(help="The question to search for.")],
+    store: StoreOption = Path("dual-encoder-index"),
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="Number of results.")] = 5,
+    filters: Annotated[Optional[str], typer.Option("--filters", help="Haystack-syntax filter as JSON.")] = None,
+    model: ModelOption = None,
+) -> None:
+    """Search an embedded store; the encoder recorded at indexing time is used unless --model is given."""
+    if not (store / "manifest.json").exists():
+        raise DualEncoderError(f"No embedded store at '{store}'. Create one with: dual-encoder index <source> --store {store}")
+    index = EmbeddedIndex(store)
+    config = _encoder_config(model, None, None, None, index.metadata.get(ENCODER_METADATA_KEY))
+    try:
+        parsed_filters = json.loads(filters) if filters else None
+    except json.JSONDecodeError as error:
+        raise DualEncoderError(f"--filters is not valid JSON ({error.msg}).") from error
+    hits = search(DualEncoder(config), index, question, top_k=top_k, filters=parsed_filters)
+    _print_hits(question, hits)
+
+
+@app.command("demo")
+def demo_command(
+    store: Annotated[Optional[Path], typer.Option("--store", "-s", help="Keep the demo store here (default: a temporary directory).")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="Results per question.")] = 3,
+) -> None:
+    """Index the bundled sample corpus into the embedded store and answer a few questions."""
+    sample = resources.files("dual_encoder") / "sample_data"
+    questions = [line.strip() for line in (sample / "questions.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
+    with tempfile.TemporaryDirectory(prefix="dual-encoder-demo-") as temporary:
+        directory = store or Path(temporary) / "index"
+        with resources.as_file(sample / "corpus.jsonl") as corpus:
+            documents = read_documents(corpus)
+        encoder = DualEncoder(EncoderConfig(model="all-MiniLM-L6-v2"))
+        index = EmbeddedIndex(directory)
+        started = time.perf_counter()
+        summary = index_documents(encoder, index, documents, meta_fields_to_embed=["title"], progress_bar=False)
+        console.print(
+            f"[bold]Indexed {len(documents)} sample passages[/bold] ({summary.encoded} encoded) into the embedded store "
+            f"at {directory} in {time.perf_counter() - started:.1f} s with all-MiniLM-L6-v2 "
+            f"({encoder.dimension}-d, {encoder.similarity}; fingerprint {encoder.fingerprint.document_space})."
+        )
+        for question in questions:
+            _print_hits(question, search(encoder, index, question, top_k=top_k))
+
+
+@app.command("combine")
+def combine_command(
+    output: Annotated[Path, typer.Argument(help="Folder to save the asymmetric model to.")],
+    document_model: Annotated[str, typer.Option(help="Model for the document tower.")] = "all-MiniLM-L6-v2",
+    query_model: Annotated[Optional[str], typer.Option(help="Model for the query tower (default: the document model).")] = None,
+    query_layers: Annotated[Optional[int], typer.Option(help="Keep only the first N transformer layers of the query tower.")] = None,
+) -> None:
+    """Build an asymmetric encoder (a Router model) from two towers and save it."""
+    from dual_encoder.models import load_shared_model
+    from dual_encoder.towers import combine_towers, keep_first_layers
+
+    document_tower = load_shared_model(document_model)
+    query_tower = load_shared_model(query_model) if query_model else document_tower
+    if query_layers is not None:
+        query_tower = keep_first_layers(query_tower, query_layers)
+    combine_towers(query_tower=query_tower, document_tower=document_tower).save(str(output))
+    encoder = DualEncoder(str(output))
+    console.print(f"Saved an asymmetric encoder to [bold]{output}[/bold]: {encoder.fingerprint.describe()}.")
+
+
+def _print_hits(question: str, hits: list[SearchHit]) -> None:
+    table = Table(title=f"[bold]{question}[/bold]", title_justify="left", show_lines=False)
+    table.add_column("#", justify="right")
+    table.add_column("score", justify="right")
+    table.add_column("id")
+    table.add_column("text", overflow="fold")
+    for rank, hit in enumerate(hits, start=1):
+        text = (hit.record.content or "").replace("\n", " ")
+        title = hit.record.meta.get("title")
+        snippet = (f"{title}: " if title else "") + (text[:160] + ("…" if len(text) > 160 else ""))
+        table.add_row(str(rank), f"{hit.score:.3f}", hit.record.id, snippet)
+    console.print(table)
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app()
+    except DualEncoderError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
