@@ -77,7 +77,7 @@ class EmbeddedDocumentStore:
             raise ValueError("write_documents expects a list of Document objects.")
         records = [_to_record(document) for document in documents]
         try:
-            return self.index.upsert(records, policy=_POLICIES[policy])
+            return self.index.upsert(records, policy=_POLICIES[DuplicatePolicy(policy)])
         except errors.DuplicateIdError as error:
             raise DuplicateDocumentError(str(error)) from error
 

@@ -1,0 +1,100 @@
+"""Build the indexing and query pipelines in Python, run them on the bundled sample corpus, and (with
+--write-yaml) regenerate the YAML files next to this script.
+
+    python examples/build_pipelines.py                  # index the sample corpus, answer two questions
+    python examples/build_pipelines.py --write-yaml     # refresh indexing_pipeline.yaml / query_pipeline.yaml
+
+The same encoder definition feeds both pipelines; that is what ties the query side to the document side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+from haystack import Document, Pipeline
+from haystack.components.builders import PromptBuilder
+from haystack.components.writers import DocumentWriter
+from haystack.document_stores.types import DuplicatePolicy
+
+from haystack_integrations.components.embedders.dual_encoder import DualEncoderDocumentEmbedder
+from haystack_integrations.components.retrievers.dual_encoder import DualEncoderRetriever, EmbeddedEmbeddingRetriever
+from haystack_integrations.document_stores.dual_encoder import EmbeddedDocumentStore
+
+HERE = Path(__file__).parent
+STORE_PATH = "dual-encoder-index"
+#: One definition for both sides. Change the model or prompts here and both pipelines follow.
+ENCODER = {"model": "all-MiniLM-L6-v2", "query_prompt": None, "document_prompt": None}
+
+PROMPT = """Answer the question using only these passages.
+{% for document in documents %}
+[{{ loop.index }}] {{ document.meta.title }}: {{ document.content }}
+{% endfor %}
+Question: {{ question }}
+Answer:"""
+
+
+def build_indexing_pipeline(store_path: str = STORE_PATH) -> Pipeline:
+    pipeline = Pipeline()
+    pipeline.add_component(
+        "embedder", DualEncoderDocumentEmbedder(encoder=ENCODER, meta_fields_to_embed=["title"], progress_bar=True)
+    )
+    pipeline.add_component(
+        "writer",
+        DocumentWriter(document_store=EmbeddedDocumentStore(path=store_path), policy=DuplicatePolicy.OVERWRITE),
+    )
+    pipeline.connect("embedder.documents", "writer.documents")
+    return pipeline
+
+
+def build_query_pipeline(store_path: str = STORE_PATH) -> Pipeline:
+    pipeline = Pipeline()
+    pipeline.add_component(
+        "retriever",
+        DualEncoderRetriever(
+            retriever=EmbeddedEmbeddingRetriever(document_store=EmbeddedDocumentStore(path=store_path)),
+            encoder=ENCODER,
+            top_k=3,
+        ),
+    )
+    # First stage of a RAG pipeline: the prompt is ready for any chat or generator component.
+    pipeline.add_component("prompt_builder", PromptBuilder(template=PROMPT, required_variables=["question"]))
+    pipeline.connect("retriever.documents", "prompt_builder.documents")
+    return pipeline
+
+
+def sample_documents() -> list[Document]:
+    corpus = resources.files("dual_encoder") / "sample_data" / "corpus.jsonl"
+    rows = [json.loads(line) for line in corpus.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [Document(id=row["id"], content=row["content"], meta=row["meta"]) for row in rows]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--write-yaml", action="store_true", help="regenerate the YAML files in examples/")
+    args = parser.parse_args()
+    if args.write_yaml:
+        (HERE / "indexing_pipeline.yaml").write_text(build_indexing_pipeline().dumps(), encoding="utf-8")
+        (HERE / "query_pipeline.yaml").write_text(build_query_pipeline().dumps(), encoding="utf-8")
+        print("wrote examples/indexing_pipeline.yaml and examples/query_pipeline.yaml")
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        store_path = str(Path(directory) / "index")
+        written = build_indexing_pipeline(store_path).run({"embedder": {"documents": sample_documents()}})
+        print(f"indexed {written['writer']['documents_written']} documents into {store_path}")
+        query = build_query_pipeline(store_path)
+        for question in ["Why do we have seasons?", "How do vaccines work?"]:
+            result = query.run(
+                {"retriever": {"query": question}, "prompt_builder": {"question": question}},
+                include_outputs_from={"retriever"},
+            )
+            print(f"\n{question}")
+            for document in result["retriever"]["documents"]:
+                print(f"  {document.score:.3f}  {document.id}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Shared fixtures. Models load once per session; the SciFact corpus is encoded once per session."""
+
+from __future__ import annotations
+
+import os
+
+# Set before any library import: nothing in the tests may reach a model hub or send telemetry.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HAYSTACK_TELEMETRY_ENABLED"] = "False"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+from pathlib import Path
+
+import pytest
+
+SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "data" / "scifact"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """The Siamese all-MiniLM-L6-v2 encoder, loaded once."""
+    from dual_encoder.encoder import DualEncoder
+
+    return DualEncoder("all-MiniLM-L6-v2").load()
+
+
+@pytest.fixture(scope="session")
+def asymmetric_model_dir(tmp_path_factory) -> Path:
+    """An asymmetric Router model: full all-MiniLM-L6-v2 for documents, its first 3 layers for queries."""
+    from sentence_transformers import SentenceTransformer
+
+    from dual_encoder.models import resolve_model_location
+    from dual_encoder.towers import combine_towers, keep_first_layers
+
+    document_tower = SentenceTransformer(resolve_model_location("all-MiniLM-L6-v2"), device="cpu")
+    model = combine_towers(query_tower=keep_first_layers(document_tower, 3), document_tower=document_tower)
+    folder = tmp_path_factory.mktemp("models") / "minilm-3layer-query"
+    model.save(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def other_space_model_dir(tmp_path_factory) -> Path:
+    """A model with a different document tower (2 layers): a different embedding space of the same size."""
+    from sentence_transformers import SentenceTransformer
+
+    from dual_encoder.models import resolve_model_location
+    from dual_encoder.towers import keep_first_layers
+
+    model = keep_first_layers(SentenceTransformer(resolve_model_location("all-MiniLM-L6-v2"), device="cpu"), 2)
+    folder = tmp_path_factory.mktemp("models") / "minilm-2layer"
+    model.save(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def scifact_folder() -> Path:
+    if not SCIFACT.is_dir():
+        if IN_CI:
+            pytest.fail(f"CI must run the SciFact tests, but {SCIFACT} is missing.")
+        pytest.skip(f"{SCIFACT} is absent (a fresh clone without ../shared); SciFact tests need it.")
+    return SCIFACT
+
+
+@pytest.fixture(scope="session")
+def scifact_embedded(scifact_folder):
+    """SciFact test split and its corpus embedded once through DualEncoderDocumentEmbedder (title + text)."""
+    from haystack import Document
+
+    from dual_encoder.evaluation import load_beir
+    from haystack_integrations.components.embedders.dual_encoder import DualEncoderDocumentEmbedder
+
+    data = load_beir(scifact_folder, split="test")
+    documents = [Document(id=d.id, content=d.text, meta={"title": d.title}) for d in data.corpus.values()]
+    embedder = DualEncoderDocumentEmbedder(
+        encoder="all-MiniLM-L6-v2", meta_fields_to_embed=["title"], embedding_separator=" ", progress_bar=False
+    )
+    return data, embedder.run(documents=documents)["documents"]
