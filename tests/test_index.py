@@ -158,3 +158,28 @@ def test_duplicate_policies():
 def test_invalid_records_are_refused(record, message):
     with pytest.raises(InvalidDocumentError, match=message):
         EmbeddedIndex().upsert([record])
+
+
+def test_openers_of_one_directory_share_the_index(tmp_path):
+    from dual_encoder.index import open_index
+
+    first = open_index(tmp_path / "shared")
+    second = open_index(str(tmp_path / "shared"))
+    assert first is second
+    first.upsert(random_records(3)[0])
+    assert len(second) == 3
+    with pytest.raises(Exception, match="uses similarity 'cosine', not 'dot'"):
+        open_index(tmp_path / "shared", similarity="dot")
+
+
+def test_changes_saved_by_another_process_are_picked_up(tmp_path):
+    reader = EmbeddedIndex(tmp_path)
+    writer = EmbeddedIndex(tmp_path)  # stands in for another process: its own instance on the same directory
+    records, vectors = random_records(5)
+    writer.upsert(records)
+    assert len(reader) == 5
+    assert reader.search(vectors[2], top_k=1)[0].record.id == "d2"
+    writer.delete(["d2"])
+    assert reader.search(vectors[2], top_k=1)[0].record.id != "d2"
+    writer.clear()
+    assert len(reader) == 0 and reader.search(vectors[2], top_k=1) == []

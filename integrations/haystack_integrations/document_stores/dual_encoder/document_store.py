@@ -14,7 +14,7 @@ from haystack.errors import FilterError
 from dual_encoder import errors
 from dual_encoder.fingerprint import StoredSpace
 from dual_encoder.index import DuplicatePolicy as IndexDuplicatePolicy
-from dual_encoder.index import EmbeddedIndex, IndexRecord
+from dual_encoder.index import IndexRecord, open_index
 
 _POLICIES = {
     DuplicatePolicy.NONE: IndexDuplicatePolicy.FAIL,
@@ -29,7 +29,9 @@ class EmbeddedDocumentStore:
 
     Embeddings are kept in one contiguous float32 matrix (so they come back as float32 values), updated on
     write and delete; queries never rebuild it. With ``path`` set, the store loads from that directory and
-    saves every change back to it (JSON lines and ``.npy`` files, no pickle).
+    saves every change back to it (JSON lines and ``.npy`` files, no pickle). Stores opened on the same
+    directory in one process share their contents; a store notices another process's saved changes on
+    its next read. Write to one directory from one process at a time.
 
     Usage::
 
@@ -45,7 +47,7 @@ class EmbeddedDocumentStore:
     def __init__(self, path: str | None = None, similarity: str | None = None) -> None:
         self.path = path
         self.similarity = similarity
-        self.index = EmbeddedIndex(path, similarity=similarity)
+        self.index = open_index(path, similarity=similarity)
 
     # ---------------------------------------------------------------------------------- serialization
     def to_dict(self) -> dict[str, Any]:

@@ -79,15 +79,8 @@ class EmbeddedEmbeddingRetriever:
         :param return_embedding: Override ``return_embedding`` for this call.
         :returns: ``documents``: best first, each with ``score`` (cosine similarity or dot product).
         """
-        top_k = self.top_k if top_k is None else top_k
-        validate_top_k(top_k)
-        documents = self.document_store.embedding_retrieval(
-            query_embedding=query_embedding,
-            filters=apply_filter_policy(self.filter_policy, self.filters, filters),
-            top_k=top_k,
-            return_embedding=self.return_embedding if return_embedding is None else return_embedding,
-        )
-        return {"documents": documents}
+        arguments = self._search(query_embedding, filters, top_k, return_embedding)
+        return {"documents": self.document_store.embedding_retrieval(**arguments)}
 
     @component.output_types(documents=list[Document])
     async def run_async(
@@ -98,13 +91,21 @@ class EmbeddedEmbeddingRetriever:
         return_embedding: bool | None = None,
     ) -> dict[str, list[Document]]:
         """Same as :meth:`run`, without blocking the event loop."""
-        top_k = self.top_k if top_k is None else top_k
-        validate_top_k(top_k)
-        documents = await self.document_store.embedding_retrieval_async(
-            query_embedding=query_embedding,
-            filters=apply_filter_policy(self.filter_policy, self.filters, filters),
-            top_k=top_k,
-            return_embedding=self.return_embedding if return_embedding is None else return_embedding,
-        )
-        return {"documents": documents}
+        arguments = self._search(query_embedding, filters, top_k, return_embedding)
+        return {"documents": await self.document_store.embedding_retrieval_async(**arguments)}
+
+    def _search(
+        self,
+        query_embedding: list[float],
+        filters: dict[str, Any] | None,
+        top_k: int | None,
+        return_embedding: bool | None,
+    ) -> dict[str, Any]:
+        """The store call's arguments, with init defaults and the filter policy applied."""
+        return {
+            "query_embedding": query_embedding,
+            "filters": apply_filter_policy(self.filter_policy, self.filters, filters),
+            "top_k": validate_top_k(self.top_k if top_k is None else top_k),
+            "return_embedding": self.return_embedding if return_embedding is None else return_embedding,
+        }
 
