@@ -75,3 +75,14 @@ def test_errors_are_reported_without_tracebacks(tmp_path, capsys, arguments, mes
     assert exit_info.value.code == 2
     output = flat(capsys.readouterr().out)
     assert message in output and "Traceback" not in output
+
+
+def test_combine_builds_an_asymmetric_model_with_the_same_document_space(tmp_path, minilm):
+    from dual_encoder.encoder import DualEncoder
+
+    result = runner.invoke(app, ["combine", str(tmp_path / "light"), "--query-layers", "3"])
+    assert result.exit_code == 0, result.output
+    combined = DualEncoder(str(tmp_path / "light"))
+    assert combined.is_asymmetric
+    assert combined.fingerprint.document_space == minilm.fingerprint.document_space
+    assert (tmp_path / "light" / "router_config.json").exists()
