@@ -26,6 +26,7 @@ from dual_encoder.errors import DualEncoderError
 from dual_encoder.index import EmbeddedIndex, SearchHit
 from dual_encoder.search import ENCODER_METADATA_KEY, index_documents, search
 from dual_encoder.sources import read_documents
+from dual_encoder.weaviate_server import WEAVIATE_VERSION, WeaviateServer, WeaviateServerError, binary_path
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Dual-encoder retrieval: index and search text.")
 console = Console()
@@ -135,6 +136,57 @@ def combine_command(
     combine_towers(query_tower=query_tower, document_tower=document_tower).save(str(output))
     encoder = DualEncoder(str(output))
     console.print(f"Saved an asymmetric encoder to [bold]{output}[/bold]: {encoder.fingerprint.describe()}.")
+
+
+weaviate_app = typer.Typer(no_args_is_help=True, help="Run a local single-node Weaviate server (built from source, no Docker).")
+app.add_typer(weaviate_app, name="weaviate")
+DataOption = Annotated[Path, typer.Option("--data", "-d", help="Directory for the node's data, log and state.")]
+
+
+@weaviate_app.command("start")
+def weaviate_start(
+    data: DataOption = Path("weaviate-data"),
+    port: Annotated[int, typer.Option(help="REST port on 127.0.0.1.")] = 8080,
+    grpc_port: Annotated[int, typer.Option(help="gRPC port on 127.0.0.1.")] = 50051,
+    api_key_env: Annotated[Optional[str], typer.Option(help="Require the API key held in this environment variable.")] = None,
+) -> None:
+    """Start a node on 127.0.0.1 and wait until it is ready (builds weaviate-server the first time)."""
+    running = WeaviateServer.attach(data)
+    if running is not None:
+        raise WeaviateServerError(f"A node already runs for {data} at {running.url} (pid {running.pid}); stop it first.")
+    api_keys = []
+    if api_key_env:
+        if not os.environ.get(api_key_env):
+            raise WeaviateServerError(f"--api-key-env names {api_key_env}, but that environment variable is empty.")
+        api_keys = [os.environ[api_key_env]]
+    server = WeaviateServer(data_dir=data, http_port=port, grpc_port=grpc_port, api_keys=api_keys).start(quiet=False)
+    console.print(
+        f"Weaviate {WEAVIATE_VERSION} is ready at [bold]{server.url}[/bold] (gRPC port {server.ports.grpc}), "
+        f"data in {server.data_dir}, pid {server.pid}. Stop it with: dual-encoder weaviate stop --data {data}"
+    )
+
+
+@weaviate_app.command("stop")
+def weaviate_stop(data: DataOption = Path("weaviate-data")) -> None:
+    """Stop the node started for this data directory."""
+    server = WeaviateServer.attach(data)
+    if server is None:
+        console.print(f"No node is running for {data}.")
+        return
+    server.stop()
+    console.print(f"Stopped the node for {data} that ran at {server.url}.")
+
+
+@weaviate_app.command("status")
+def weaviate_status(data: DataOption = Path("weaviate-data")) -> None:
+    """Show whether a node runs for this data directory, and where."""
+    server = WeaviateServer.attach(data)
+    built = "built" if binary_path().is_file() else "not built yet"
+    if server is None:
+        console.print(f"No node is running for {data}. Binary: {binary_path()} ({built}).")
+        raise typer.Exit(code=1)
+    state = "ready" if server.is_ready() else "running but not ready"
+    console.print(f"Node for {data}: {state} at {server.url} (gRPC {server.ports.grpc}), pid {server.pid}.")
 
 
 def _print_hits(question: str, hits: list[SearchHit]) -> None:
