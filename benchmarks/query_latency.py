@@ -1,7 +1,7 @@
 """Query-path latency of the embedded default store, side by side with Haystack's in-memory store.
 
 1. SciFact (5,183 documents, all-MiniLM-L6-v2): text to top-10 Documents including query encoding, over
-   the 300 test queries, through DualEncoderRetriever + EmbeddedEmbeddingRetriever, and through
+   the 300 test queries, through DualEncoderRetriever + StoreEmbeddingRetriever, and through
    DualEncoderTextEmbedder + InMemoryEmbeddingRetriever (same query encoder, Haystack's store). The two
    paths alternate in phases within one run (only one store alive at a time).
 2. 100,000 synthetic 384-d unit vectors: exact top-10 search alone, EmbeddedDocumentStore vs
@@ -30,7 +30,7 @@ from haystack.components.retrievers.in_memory import InMemoryEmbeddingRetriever
 from haystack.document_stores.in_memory import InMemoryDocumentStore
 
 from haystack_integrations.components.embedders.dual_encoder import DualEncoderTextEmbedder
-from haystack_integrations.components.retrievers.dual_encoder import DualEncoderRetriever, EmbeddedEmbeddingRetriever
+from haystack_integrations.components.retrievers.dual_encoder import DualEncoderRetriever, StoreEmbeddingRetriever
 from haystack_integrations.document_stores.dual_encoder import EmbeddedDocumentStore
 
 
@@ -57,7 +57,7 @@ def scifact_text_to_top10(rounds: int, baseline_queries: int) -> dict:
             store = EmbeddedDocumentStore(path=directory)
             store.write_documents(fresh_documents())
             gc.collect()
-            ours = DualEncoderRetriever(retriever=EmbeddedEmbeddingRetriever(document_store=store), top_k=10)
+            ours = DualEncoderRetriever(retriever=StoreEmbeddingRetriever(document_store=store), top_k=10)
             ours.warm_up()
             for query in queries:
                 ours_samples += timed(lambda: ours.run(query=query), 1)

@@ -21,7 +21,7 @@ from haystack.components.writers import DocumentWriter
 from haystack.document_stores.types import DuplicatePolicy
 
 from haystack_integrations.components.embedders.dual_encoder import DualEncoderDocumentEmbedder
-from haystack_integrations.components.retrievers.dual_encoder import DualEncoderRetriever, EmbeddedEmbeddingRetriever
+from haystack_integrations.components.retrievers.dual_encoder import DualEncoderRetriever, StoreEmbeddingRetriever
 from haystack_integrations.document_stores.dual_encoder import EmbeddedDocumentStore
 
 HERE = Path(__file__).parent
@@ -55,7 +55,7 @@ def build_query_pipeline(store_path: str = STORE_PATH) -> Pipeline:
     pipeline.add_component(
         "retriever",
         DualEncoderRetriever(
-            retriever=EmbeddedEmbeddingRetriever(document_store=EmbeddedDocumentStore(path=store_path)),
+            retriever=StoreEmbeddingRetriever(document_store=EmbeddedDocumentStore(path=store_path)),
             encoder=ENCODER,
             top_k=3,
         ),

@@ -13,7 +13,7 @@ from dual_encoder.errors import DimensionMismatchError, EncoderMismatchError
 from dual_encoder.fingerprint import DOCUMENT_SPACE_META_KEY, EMBEDDED_INPUT_META_KEY
 from dual_encoder.models import shared_model_count
 from haystack_integrations.components.embedders.dual_encoder import DualEncoderDocumentEmbedder, DualEncoderTextEmbedder
-from haystack_integrations.components.retrievers.dual_encoder import DualEncoderRetriever, EmbeddedEmbeddingRetriever
+from haystack_integrations.components.retrievers.dual_encoder import DualEncoderRetriever, StoreEmbeddingRetriever
 from haystack_integrations.document_stores.dual_encoder import EmbeddedDocumentStore
 
 DOCS = [
@@ -36,7 +36,7 @@ def store(tmp_path, embedded_docs):
 
 
 def retriever_for(store, encoder="all-MiniLM-L6-v2", **kwargs):
-    return DualEncoderRetriever(retriever=EmbeddedEmbeddingRetriever(document_store=store), encoder=encoder, **kwargs)
+    return DualEncoderRetriever(retriever=StoreEmbeddingRetriever(document_store=store), encoder=encoder, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------- embedders
@@ -149,7 +149,7 @@ def test_non_positive_top_k_is_refused(store, top_k):
     with pytest.raises(ValueError, match="top_k must be a positive integer"):
         retriever_for(store, top_k=top_k)
     with pytest.raises(ValueError, match="top_k must be a positive integer"):
-        EmbeddedEmbeddingRetriever(document_store=store, top_k=top_k)
+        StoreEmbeddingRetriever(document_store=store, top_k=top_k)
 
 
 def test_whitespace_query_is_refused(store):
@@ -203,7 +203,7 @@ async def test_async_matches_sync(store, embedded_docs):
 def test_run_and_run_async_have_identical_signatures():
     import inspect
 
-    for component in (DualEncoderDocumentEmbedder, DualEncoderTextEmbedder, DualEncoderRetriever, EmbeddedEmbeddingRetriever):
+    for component in (DualEncoderDocumentEmbedder, DualEncoderTextEmbedder, DualEncoderRetriever, StoreEmbeddingRetriever):
         assert inspect.signature(component.run) == inspect.signature(component.run_async)
 
 
@@ -248,7 +248,7 @@ def test_text_embedder_round_trips_every_parameter():
 
 def test_retriever_round_trips_every_parameter(tmp_path):
     store = EmbeddedDocumentStore(path=str(tmp_path), similarity="cosine")
-    inner = EmbeddedEmbeddingRetriever(
+    inner = StoreEmbeddingRetriever(
         document_store=store, filters={"field": "meta.a", "operator": "==", "value": 1}, top_k=4,
         filter_policy="merge", return_embedding=True,
     )

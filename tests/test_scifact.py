@@ -8,7 +8,7 @@ embeddings. The corpus is embedded once per session (conftest.scifact_embedded).
 import pytest
 
 from dual_encoder.evaluation import evaluate_run
-from haystack_integrations.components.retrievers.dual_encoder import DualEncoderRetriever, EmbeddedEmbeddingRetriever
+from haystack_integrations.components.retrievers.dual_encoder import DualEncoderRetriever, StoreEmbeddingRetriever
 from haystack_integrations.document_stores.dual_encoder import EmbeddedDocumentStore
 
 pytestmark = pytest.mark.scifact
@@ -18,7 +18,7 @@ def test_minilm_reproduces_the_published_ndcg(scifact_embedded, tmp_path):
     data, documents = scifact_embedded
     store = EmbeddedDocumentStore(path=str(tmp_path / "scifact"))
     assert store.write_documents(documents) == 5183
-    retriever = DualEncoderRetriever(retriever=EmbeddedEmbeddingRetriever(document_store=store), top_k=100)
+    retriever = DualEncoderRetriever(retriever=StoreEmbeddingRetriever(document_store=store), top_k=100)
     run = {
         query_id: {doc.id: doc.score for doc in retriever.run(query=text)["documents"]}
         for query_id, text in data.queries.items()
@@ -32,10 +32,10 @@ def test_reloaded_store_gives_identical_rankings(scifact_embedded, tmp_path):
     data, documents = scifact_embedded
     EmbeddedDocumentStore(path=str(tmp_path / "s")).write_documents(documents)
     first = EmbeddedDocumentStore(path=str(tmp_path / "s"))
-    retriever = DualEncoderRetriever(retriever=EmbeddedEmbeddingRetriever(document_store=first), top_k=10)
+    retriever = DualEncoderRetriever(retriever=StoreEmbeddingRetriever(document_store=first), top_k=10)
     query = next(iter(data.queries.values()))
     before = [(d.id, d.score) for d in retriever.run(query=query)["documents"]]
     reopened = DualEncoderRetriever(
-        retriever=EmbeddedEmbeddingRetriever(document_store=EmbeddedDocumentStore(path=str(tmp_path / "s"))), top_k=10
+        retriever=StoreEmbeddingRetriever(document_store=EmbeddedDocumentStore(path=str(tmp_path / "s"))), top_k=10
     )
     assert [(d.id, d.score) for d in reopened.run(query=query)["documents"]] == before

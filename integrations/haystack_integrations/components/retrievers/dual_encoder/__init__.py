@@ -1,4 +1,4 @@
 from haystack_integrations.components.retrievers.dual_encoder.dual_encoder_retriever import DualEncoderRetriever
-from haystack_integrations.components.retrievers.dual_encoder.embedded_retriever import EmbeddedEmbeddingRetriever
+from haystack_integrations.components.retrievers.dual_encoder.store_embedding_retriever import StoreEmbeddingRetriever
 
-__all__ = ["DualEncoderRetriever", "EmbeddedEmbeddingRetriever"]
+__all__ = ["DualEncoderRetriever", "StoreEmbeddingRetriever"]

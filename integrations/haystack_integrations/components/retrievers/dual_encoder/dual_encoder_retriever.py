@@ -33,14 +33,14 @@ class DualEncoderRetriever:
 
         store = EmbeddedDocumentStore(path="my-index")
         retriever = DualEncoderRetriever(
-            retriever=EmbeddedEmbeddingRetriever(document_store=store),
+            retriever=StoreEmbeddingRetriever(document_store=store),
             encoder={"model": "all-MiniLM-L6-v2"},
             top_k=5,
         )
         documents = retriever.run(query="What causes tides?")["documents"]
 
     :param retriever: Any Haystack embedding retriever (``run(query_embedding, filters, top_k)``), e.g.
-        ``EmbeddedEmbeddingRetriever`` or ``InMemoryEmbeddingRetriever``.
+        ``StoreEmbeddingRetriever`` or ``InMemoryEmbeddingRetriever``.
     :param encoder: The encoder definition the documents were embedded with (config, dict or model name).
     :param top_k: Default number of documents; ``None`` uses the inner retriever's default.
     """

@@ -1,4 +1,4 @@
-"""Haystack component: embedding retrieval over the embedded default store."""
+"""Haystack component: embedding retrieval over this project's stores (embedded or Weaviate)."""
 
 from __future__ import annotations
 
@@ -8,21 +8,24 @@ from haystack import Document, component, default_from_dict, default_to_dict
 from haystack.document_stores.types import FilterPolicy, apply_filter_policy
 
 from dual_encoder.config import validate_top_k
-from haystack_integrations.document_stores.dual_encoder import EmbeddedDocumentStore
+
+_STORE_METHODS = ("embedding_retrieval", "embedding_retrieval_async", "to_dict")
 
 
 @component
-class EmbeddedEmbeddingRetriever:
-    """Exact top-k retrieval by query embedding from an :class:`EmbeddedDocumentStore`.
+class StoreEmbeddingRetriever:
+    """Top-k retrieval by query embedding from :class:`EmbeddedDocumentStore` (exact) or
+    :class:`DualEncoderWeaviateDocumentStore` (HNSW), with scores on the same scale for both.
 
     Most users want :class:`DualEncoderRetriever`, which wraps this one and encodes the query text itself.
 
     Usage::
 
-        retriever = EmbeddedEmbeddingRetriever(document_store=EmbeddedDocumentStore(path="my-index"), top_k=5)
+        retriever = StoreEmbeddingRetriever(document_store=EmbeddedDocumentStore(path="my-index"), top_k=5)
         documents = retriever.run(query_embedding=[0.1, ...])["documents"]
 
-    :param document_store: The store to search.
+    :param document_store: The store to search: anything with ``embedding_retrieval(query_embedding,
+        filters, top_k, return_embedding)``, ``embedding_retrieval_async`` and ``to_dict``.
     :param filters: Default Haystack-syntax filters.
     :param top_k: Default number of documents to return; must be positive.
     :param filter_policy: How run-time filters combine with ``filters`` (``replace`` or ``merge``).
@@ -31,16 +34,17 @@ class EmbeddedEmbeddingRetriever:
 
     def __init__(
         self,
-        document_store: EmbeddedDocumentStore,
+        document_store: Any,
         filters: dict[str, Any] | None = None,
         top_k: int = 10,
         filter_policy: FilterPolicy | str = FilterPolicy.REPLACE,
         return_embedding: bool = False,
     ) -> None:
-        if not isinstance(document_store, EmbeddedDocumentStore):
+        if not all(callable(getattr(document_store, name, None)) for name in _STORE_METHODS):
             raise TypeError(
-                f"document_store must be an EmbeddedDocumentStore, got {type(document_store).__name__}. For other "
-                f"stores use their own embedding retriever inside DualEncoderRetriever."
+                f"document_store must be an EmbeddedDocumentStore or DualEncoderWeaviateDocumentStore, got "
+                f"{type(document_store).__name__}. For other stores, put their own embedding retriever inside "
+                f"DualEncoderRetriever."
             )
         validate_top_k(top_k)
         self.document_store = document_store
@@ -60,7 +64,7 @@ class EmbeddedEmbeddingRetriever:
         )
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EmbeddedEmbeddingRetriever:
+    def from_dict(cls, data: dict[str, Any]) -> StoreEmbeddingRetriever:
         return default_from_dict(cls, data)
 
     @component.output_types(documents=list[Document])
