@@ -170,3 +170,51 @@ def check_store_compatible(encoder: EncoderFingerprint, stored: StoredSpace | No
             f"Similarity mismatch: {where} scores with {stored.similarity!r}, but this encoder uses "
             f"{encoder.similarity!r}. Create the store with similarity={encoder.similarity!r}."
         )
+
+
+def describe_stored_space(space: StoredSpace) -> str:
+    """A JSON text recording a stored space, for stores that keep a free-text description."""
+    return json.dumps({"dual_encoder": {"document_space": space.document_space, "dimension": space.dimension,
+                                        "similarity": space.similarity}})
+
+
+def parse_stored_space(text: str | None) -> StoredSpace | None:
+    """The space recorded by :func:`describe_stored_space`, or ``None`` when ``text`` records none."""
+    try:
+        record = json.loads(text or "")["dual_encoder"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return StoredSpace(document_space=record.get("document_space"), dimension=record.get("dimension"),
+                       similarity=record.get("similarity"))
+
+
+def space_of_documents(
+    documents: Iterable[tuple[str, str | None, int | None]], recorded: StoredSpace | None, where: str
+) -> StoredSpace | None:
+    """Check that ``(id, fingerprint, dimension)`` triples agree with each other and with ``recorded``.
+
+    Returns the space they establish (``recorded`` when it was known), so a store can record it before its
+    first write. Raises on the first document from another space or of another dimension.
+    """
+    space = recorded.document_space if recorded else None
+    dimension = recorded.dimension if recorded else None
+    for doc_id, fingerprint, doc_dimension in documents:
+        if doc_dimension is not None:
+            if dimension is None:
+                dimension = doc_dimension
+            elif doc_dimension != dimension:
+                raise DimensionMismatchError(
+                    f"Document '{doc_id}' has a {doc_dimension}-d embedding but {where} holds {dimension}-d "
+                    f"embeddings. Embed it with the same encoder as the stored documents, or use a new collection."
+                )
+        if fingerprint is not None and doc_dimension is not None:
+            if space is None:
+                space = fingerprint
+            elif fingerprint != space:
+                raise EncoderMismatchError(
+                    f"Encoder mismatch: document '{doc_id}' was embedded in space {fingerprint}, but {where} holds "
+                    f"documents from space {space}. Re-embed it with the collection's encoder, or use a new collection."
+                )
+    if space is None and dimension is None:
+        return recorded
+    return StoredSpace(document_space=space, dimension=dimension, similarity=recorded.similarity if recorded else None)

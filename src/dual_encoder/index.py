@@ -42,7 +42,7 @@ from dual_encoder.errors import (
     StoreFormatError,
 )
 from dual_encoder.filters import compile_filter
-from dual_encoder.fingerprint import DOCUMENT_SPACE_META_KEY, StoredSpace
+from dual_encoder.fingerprint import DOCUMENT_SPACE_META_KEY, StoredSpace, space_of_documents
 
 FORMAT_NAME = "dual-encoder-embedded-index"
 FORMAT_VERSION = 1
@@ -218,28 +218,16 @@ class EmbeddedIndex:
         for record in records:
             _check_json_safe(record)
         with self._lock:
-            dimension = self._dimension
-            space = self._document_space
-            for record, vector in zip(records, vectors):
-                if vector is not None:
-                    if dimension is None:
-                        dimension = vector.shape[0]
-                    elif vector.shape[0] != dimension:
-                        raise DimensionMismatchError(
-                            f"Document '{record.id}' has a {vector.shape[0]}-d embedding but the embedded store "
-                            f"holds {dimension}-d embeddings. Embed it with the same encoder as the stored "
-                            f"documents, or write it to a new store."
-                        )
-                record_space = record.meta.get(DOCUMENT_SPACE_META_KEY)
-                if record_space is not None and vector is not None:
-                    if space is None:
-                        space = record_space
-                    elif record_space != space:
-                        raise EncoderMismatchError(
-                            f"Encoder mismatch: document '{record.id}' was embedded in space {record_space}, but "
-                            f"the embedded store holds documents from space {space}. Re-embed it with the store's "
-                            f"encoder, or write it to a new store."
-                        )
+            established = space_of_documents(
+                (
+                    (record.id, record.meta.get(DOCUMENT_SPACE_META_KEY), None if vector is None else vector.shape[0])
+                    for record, vector in zip(records, vectors)
+                ),
+                self.stored_space if self._dimension is not None else None,
+                where="the embedded store",
+            )
+            dimension = established.dimension if established else None
+            space = established.document_space if established else None
             if policy is DuplicatePolicy.FAIL:
                 seen: set[str] = set()
                 duplicates = []

@@ -124,7 +124,8 @@ class DualEncoderRetriever:
         except errors.FilterError as error:
             raise FilterError(str(error)) from error
         self.warm_up()
-        store = getattr(self.retriever, "document_store", None)
+        # Haystack's own retrievers keep the store as `document_store` or `_document_store`.
+        store = getattr(self.retriever, "document_store", None) or getattr(self.retriever, "_document_store", None)
         get_space = getattr(store, "get_embedding_space", None)
         if callable(get_space):
             check_store_compatible(self.encoder.fingerprint, get_space(), where=type(store).__name__)

@@ -1,0 +1,257 @@
+"""Haystack face of a Weaviate collection set up for one dual encoder."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import replace
+from typing import Any
+
+from haystack import Document, default_from_dict, default_to_dict
+from haystack.document_stores.types import DuplicatePolicy
+from haystack.errors import FilterError
+from haystack.utils.auth import Secret, deserialize_secrets_inplace
+from weaviate.config import AdditionalConfig, Timeout
+
+from dual_encoder import errors
+from dual_encoder.config import SIMILARITIES
+from dual_encoder.filters import compile_filter
+from dual_encoder.fingerprint import (
+    DOCUMENT_SPACE_META_KEY,
+    EMBEDDED_INPUT_META_KEY,
+    StoredSpace,
+    describe_stored_space,
+    parse_stored_space,
+    space_of_documents,
+)
+from dual_encoder.similarity import WEAVIATE_DISTANCE, score_from_weaviate_distance
+from haystack_integrations.document_stores.weaviate import WeaviateDocumentStore
+from haystack_integrations.document_stores.weaviate.auth import AuthApiKey
+from haystack_integrations.document_stores.weaviate.document_store import DOCUMENT_COLLECTION_PROPERTIES
+
+#: Weaviate data types accepted in ``meta_fields``.
+META_FIELD_TYPES = ("text", "text[]", "int", "int[]", "number", "number[]", "boolean", "boolean[]", "date", "date[]")
+
+
+class WeaviateUnavailableError(errors.DualEncoderError, ConnectionError):
+    """Weaviate could not be reached, or refused the connection."""
+
+
+class DualEncoderWeaviateDocumentStore(WeaviateDocumentStore):
+    """A ``WeaviateDocumentStore`` whose collection is created explicitly for a dual encoder.
+
+    The collection has no vectorizer, an HNSW index whose distance matches ``similarity``, declared
+    properties for ``meta_fields`` and for the fingerprint meta, and records the encoder fingerprint,
+    dimension and similarity of its first embedded write in its description. Later writes from another
+    encoder, and retrievers with another query tower, are refused. Scores are converted from Weaviate's
+    distance to the similarity itself, the same scale as :class:`EmbeddedDocumentStore`.
+
+    Usage (``WEAVIATE_URL=http://127.0.0.1:8080``, optional ``WEAVIATE_API_KEY`` and ``WEAVIATE_GRPC_PORT``)::
+
+        store = DualEncoderWeaviateDocumentStore(collection_name="Articles", meta_fields={"year": "int"})
+        store.write_documents(embedded_documents)
+
+    :param url: Weaviate's REST URL; a ``Secret`` read from ``WEAVIATE_URL`` by default, so it is never
+        written into a serialized pipeline.
+    :param collection_name: Collection to use (created when missing); Weaviate capitalises the first letter.
+    :param similarity: ``"cosine"`` or ``"dot"``; must match the encoder.
+    :param meta_fields: Meta fields to declare, name to Weaviate data type (``text``, ``int``, ``number``,
+        ``boolean``, ``date`` or a ``[]`` list of one). Declared types make range filters reliable.
+    :param api_key: API key; a ``Secret`` read from ``WEAVIATE_API_KEY`` when that variable is set.
+    :param grpc_port: gRPC port; ``None`` reads ``WEAVIATE_GRPC_PORT``, else 50051.
+    :param timeout: Seconds to wait for Weaviate to answer a connection attempt (queries may take 3x,
+        inserts 6x); an unreachable server fails within that bound.
+    """
+
+    def __init__(
+        self,
+        *,
+        url: Secret | str = Secret.from_env_var("WEAVIATE_URL"),
+        collection_name: str = "DualEncoderDocuments",
+        similarity: str = "cosine",
+        meta_fields: dict[str, str] | None = None,
+        api_key: Secret | None = Secret.from_env_var("WEAVIATE_API_KEY", strict=False),
+        grpc_port: int | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        if similarity not in SIMILARITIES:
+            raise errors.ConfigurationError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}.")
+        meta_fields = dict(meta_fields or {})
+        for name, data_type in meta_fields.items():
+            if data_type not in META_FIELD_TYPES:
+                raise errors.ConfigurationError(
+                    f"meta_fields['{name}'] = {data_type!r} is not a Weaviate data type; use one of {META_FIELD_TYPES}."
+                )
+        self.url = url
+        self.collection_name = collection_name
+        self.similarity = similarity
+        self.meta_fields = meta_fields
+        self.api_key = api_key
+        self.grpc_port = grpc_port
+        self.timeout = timeout
+        self._stored_space: StoredSpace | None = None
+        resolved_url = url.resolve_value() if isinstance(url, Secret) else url
+        if not resolved_url:
+            raise errors.ConfigurationError(
+                "No Weaviate URL: set WEAVIATE_URL (for example http://127.0.0.1:8080) or pass url=..."
+            )
+        self.resolved_url = resolved_url
+        key = api_key.resolve_value() if api_key is not None else None
+        super().__init__(
+            url=resolved_url,
+            collection_settings=_collection_settings(collection_name, similarity, meta_fields),
+            auth_client_secret=AuthApiKey(api_key=api_key) if key else None,
+            additional_config=AdditionalConfig(timeout=Timeout(init=timeout, query=3 * timeout, insert=6 * timeout)),
+            grpc_port=grpc_port if grpc_port is not None else int(os.environ.get("WEAVIATE_GRPC_PORT", "50051")),
+        )
+
+    # ---------------------------------------------------------------------------------- serialization
+    def to_dict(self) -> dict[str, Any]:
+        return default_to_dict(
+            self,
+            url=self.url.to_dict() if isinstance(self.url, Secret) else self.url,
+            collection_name=self.collection_name,
+            similarity=self.similarity,
+            meta_fields=self.meta_fields,
+            api_key=self.api_key.to_dict() if self.api_key is not None else None,
+            grpc_port=self.grpc_port,
+            timeout=self.timeout,
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DualEncoderWeaviateDocumentStore:
+        parameters = data.get("init_parameters", {})
+        if isinstance(parameters.get("url"), dict):
+            deserialize_secrets_inplace(parameters, keys=["url"])
+        deserialize_secrets_inplace(parameters, keys=["api_key"])
+        return default_from_dict(cls, data)
+
+    # ------------------------------------------------------------------------------------ connection
+    @property
+    def client(self):
+        if self._client is not None:
+            return self._client
+        try:
+            return super().client
+        except Exception as error:  # the client raises several unrelated types for one cause
+            self._client = None
+            raise WeaviateUnavailableError(
+                f"Cannot use Weaviate at {self.resolved_url} (gRPC port {self._grpc_port}) for collection "
+                f"'{self.collection_name}': {type(error).__name__}: {error}. Check that the server runs (for a "
+                f"local one: `dual-encoder weaviate start`), that WEAVIATE_URL / WEAVIATE_GRPC_PORT point to it, "
+                f"and that WEAVIATE_API_KEY is set if it requires a key."
+            ) from error
+
+    # ----------------------------------------------------------------------------------- fingerprint
+    def get_embedding_space(self) -> StoredSpace:
+        """The space, dimension and similarity recorded in the collection (for fingerprint checks)."""
+        if self._stored_space is None:
+            recorded = parse_stored_space(self.collection.config.get().description)
+            if recorded is not None:
+                self._stored_space = recorded  # a recorded space never changes; only cache known ones
+            else:
+                return StoredSpace(document_space=None, dimension=None, similarity=self.similarity)
+        return self._stored_space
+
+    # --------------------------------------------------------------------------------------- writing
+    def write_documents(self, documents: list[Document], policy: DuplicatePolicy = DuplicatePolicy.NONE) -> int:
+        """Write documents after checking their encoder fingerprints and dimensions.
+
+        Uses Weaviate's batch API for ``NONE``/``OVERWRITE`` (idempotent: the same id always maps to the same
+        object). When objects fail, ``DocumentStoreError`` lists every id that was not written and why.
+        """
+        if not isinstance(documents, list) or not all(isinstance(doc, Document) for doc in documents):
+            raise ValueError("write_documents expects a list of Document objects.")
+        recorded = self.get_embedding_space()
+        established = space_of_documents(
+            ((d.id, d.meta.get(DOCUMENT_SPACE_META_KEY), len(d.embedding) if d.embedding else None) for d in documents),
+            recorded if recorded.dimension is not None else None,
+            where=f"Weaviate collection '{self.collection.name}'",
+        )
+        if established is not None and recorded.dimension is None:
+            self._record_space(replace(established, similarity=self.similarity))
+        return super().write_documents(documents, policy=policy)
+
+    async def write_documents_async(
+        self, documents: list[Document], policy: DuplicatePolicy = DuplicatePolicy.NONE
+    ) -> int:
+        return await asyncio.to_thread(self.write_documents, documents, policy)
+
+    def _record_space(self, space: StoredSpace) -> None:
+        self.collection.config.update(description=describe_stored_space(space))
+        self._stored_space = space
+
+    # ------------------------------------------------------------------------------------- retrieval
+    def embedding_retrieval(
+        self,
+        query_embedding: list[float],
+        filters: dict[str, Any] | None = None,
+        top_k: int = 10,
+        return_embedding: bool = False,
+    ) -> list[Document]:
+        """Top-k by HNSW search, best first, each ``score`` the similarity (not Weaviate's certainty)."""
+        from haystack_integrations.document_stores.weaviate._filters import convert_filters
+
+        try:
+            compile_filter(filters)
+        except errors.FilterError as error:
+            raise FilterError(str(error)) from error
+        result = self.collection.query.near_vector(
+            near_vector=query_embedding,
+            include_vector=return_embedding,
+            filters=convert_filters(filters) if filters else None,
+            limit=top_k,
+            return_metadata=["distance"],
+        )
+        documents = []
+        for item in result.objects:
+            document = self._to_document(item)
+            documents.append(
+                replace(
+                    document,
+                    score=score_from_weaviate_distance(item.metadata.distance, self.similarity),
+                    embedding=document.embedding if return_embedding else None,
+                )
+            )
+        return documents
+
+    async def embedding_retrieval_async(
+        self,
+        query_embedding: list[float],
+        filters: dict[str, Any] | None = None,
+        top_k: int = 10,
+        return_embedding: bool = False,
+    ) -> list[Document]:
+        return await asyncio.to_thread(self.embedding_retrieval, query_embedding, filters, top_k, return_embedding)
+
+    def _embedding_retrieval(
+        self,
+        query_embedding: list[float],
+        filters: dict[str, Any] | None = None,
+        top_k: int | None = None,
+        distance: float | None = None,
+        certainty: float | None = None,
+    ) -> list[Document]:
+        """Keeps ``WeaviateEmbeddingRetriever`` working on this store, with converted scores."""
+        if distance is not None or certainty is not None:
+            raise errors.ConfigurationError(
+                "distance/certainty thresholds are not supported here; filter on Document.score instead."
+            )
+        return self.embedding_retrieval(query_embedding, filters, top_k or 10)
+
+
+def _collection_settings(name: str, similarity: str, meta_fields: dict[str, str]) -> dict[str, Any]:
+    properties = [dict(p) for p in DOCUMENT_COLLECTION_PROPERTIES]
+    declared = {p["name"] for p in properties}
+    for field_name, data_type in {DOCUMENT_SPACE_META_KEY: "text", EMBEDDED_INPUT_META_KEY: "text", **meta_fields}.items():
+        if field_name not in declared:
+            properties.append({"name": field_name, "dataType": [data_type]})
+    return {
+        "class": name,
+        "description": "dual-encoder collection; the encoder fingerprint is recorded on the first embedded write",
+        "vectorizer": "none",
+        "vectorIndexType": "hnsw",
+        "vectorIndexConfig": {"distance": WEAVIATE_DISTANCE[similarity]},
+        "invertedIndexConfig": {"indexNullState": True, "indexPropertyLength": True},
+        "properties": properties,
+    }
