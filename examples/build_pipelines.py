@@ -1,8 +1,10 @@
 """Build the indexing and query pipelines in Python, run them on the bundled sample corpus, and (with
 --write-yaml) regenerate the YAML files next to this script.
 
-    python examples/build_pipelines.py                  # index the sample corpus, answer two questions
-    python examples/build_pipelines.py --write-yaml     # refresh indexing_pipeline.yaml / query_pipeline.yaml
+    python examples/build_pipelines.py                  # embedded store: index the sample corpus, ask two questions
+    python examples/build_pipelines.py --weaviate       # the same on Weaviate (WEAVIATE_URL, WEAVIATE_GRPC_PORT,
+                                                        # optional WEAVIATE_API_KEY; see `dual-encoder weaviate start`)
+    python examples/build_pipelines.py --write-yaml     # refresh the four YAML files
 
 The same encoder definition feeds both pipelines; that is what ties the query side to the document side.
 """
@@ -22,7 +24,7 @@ from haystack.document_stores.types import DuplicatePolicy
 
 from haystack_integrations.components.embedders.dual_encoder import DualEncoderDocumentEmbedder
 from haystack_integrations.components.retrievers.dual_encoder import DualEncoderRetriever, StoreEmbeddingRetriever
-from haystack_integrations.document_stores.dual_encoder import EmbeddedDocumentStore
+from haystack_integrations.document_stores.dual_encoder import DualEncoderWeaviateDocumentStore, EmbeddedDocumentStore
 
 HERE = Path(__file__).parent
 STORE_PATH = "dual-encoder-index"
@@ -37,28 +39,29 @@ Question: {{ question }}
 Answer:"""
 
 
-def build_indexing_pipeline(store_path: str = STORE_PATH) -> Pipeline:
+def weaviate_store() -> DualEncoderWeaviateDocumentStore:
+    """URL and API key come from WEAVIATE_URL / WEAVIATE_API_KEY: never written into the YAML."""
+    return DualEncoderWeaviateDocumentStore(collection_name="SamplePassages", meta_fields={"title": "text", "topic": "text"})
+
+
+def build_indexing_pipeline(store_path: str = STORE_PATH, *, weaviate: bool = False) -> Pipeline:
+    store = weaviate_store() if weaviate else EmbeddedDocumentStore(path=store_path)
     pipeline = Pipeline()
     pipeline.add_component(
         "embedder", DualEncoderDocumentEmbedder(encoder=ENCODER, meta_fields_to_embed=["title"], progress_bar=True)
     )
-    pipeline.add_component(
-        "writer",
-        DocumentWriter(document_store=EmbeddedDocumentStore(path=store_path), policy=DuplicatePolicy.OVERWRITE),
-    )
+    # OVERWRITE keeps re-indexing idempotent, and on Weaviate it is the policy that uses the batch API.
+    pipeline.add_component("writer", DocumentWriter(document_store=store, policy=DuplicatePolicy.OVERWRITE))
     pipeline.connect("embedder.documents", "writer.documents")
     return pipeline
 
 
-def build_query_pipeline(store_path: str = STORE_PATH) -> Pipeline:
+def build_query_pipeline(store_path: str = STORE_PATH, *, weaviate: bool = False) -> Pipeline:
+    store = weaviate_store() if weaviate else EmbeddedDocumentStore(path=store_path)
     pipeline = Pipeline()
     pipeline.add_component(
         "retriever",
-        DualEncoderRetriever(
-            retriever=StoreEmbeddingRetriever(document_store=EmbeddedDocumentStore(path=store_path)),
-            encoder=ENCODER,
-            top_k=3,
-        ),
+        DualEncoderRetriever(retriever=StoreEmbeddingRetriever(document_store=store), encoder=ENCODER, top_k=3),
     )
     # First stage of a RAG pipeline: the prompt is ready for any chat or generator component.
     pipeline.add_component("prompt_builder", PromptBuilder(template=PROMPT, required_variables=["question"]))
@@ -75,17 +78,20 @@ def sample_documents() -> list[Document]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--write-yaml", action="store_true", help="regenerate the YAML files in examples/")
+    parser.add_argument("--weaviate", action="store_true", help="use Weaviate instead of the embedded store")
     args = parser.parse_args()
     if args.write_yaml:
-        (HERE / "indexing_pipeline.yaml").write_text(build_indexing_pipeline().dumps(), encoding="utf-8")
-        (HERE / "query_pipeline.yaml").write_text(build_query_pipeline().dumps(), encoding="utf-8")
-        print("wrote examples/indexing_pipeline.yaml and examples/query_pipeline.yaml")
+        for prefix, weaviate in (("", False), ("weaviate_", True)):
+            (HERE / f"{prefix}indexing_pipeline.yaml").write_text(build_indexing_pipeline(weaviate=weaviate).dumps())
+            (HERE / f"{prefix}query_pipeline.yaml").write_text(build_query_pipeline(weaviate=weaviate).dumps())
+        print("wrote examples/{,weaviate_}{indexing,query}_pipeline.yaml")
         return
     with tempfile.TemporaryDirectory() as directory:
         store_path = str(Path(directory) / "index")
-        written = build_indexing_pipeline(store_path).run({"embedder": {"documents": sample_documents()}})
-        print(f"indexed {written['writer']['documents_written']} documents into {store_path}")
-        query = build_query_pipeline(store_path)
+        indexing = build_indexing_pipeline(store_path, weaviate=args.weaviate)
+        written = indexing.run({"embedder": {"documents": sample_documents()}})
+        print(f"indexed {written['writer']['documents_written']} documents")
+        query = build_query_pipeline(store_path, weaviate=args.weaviate)
         for question in ["Why do we have seasons?", "How do vaccines work?"]:
             result = query.run(
                 {"retriever": {"query": question}, "prompt_builder": {"question": question}},

@@ -78,3 +78,31 @@ def scifact_embedded(scifact_folder):
         encoder="all-MiniLM-L6-v2", meta_fields_to_embed=["title"], embedding_separator=" ", progress_bar=False
     )
     return data, embedder.run(documents=documents)["documents"]
+
+
+@pytest.fixture(scope="session")
+def weaviate_server(tmp_path_factory):
+    """A real Weaviate node on free loopback ports for the whole session (built or reused, always stopped)."""
+    from dual_encoder.weaviate_server import WeaviateServer
+
+    server = WeaviateServer(data_dir=tmp_path_factory.mktemp("weaviate")).start(quiet=False)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def weaviate_env(weaviate_server, monkeypatch):
+    """Point WEAVIATE_URL / WEAVIATE_GRPC_PORT at the session's server, as a user's environment would."""
+    monkeypatch.setenv("WEAVIATE_URL", weaviate_server.url)
+    monkeypatch.setenv("WEAVIATE_GRPC_PORT", str(weaviate_server.ports.grpc))
+    monkeypatch.delenv("WEAVIATE_API_KEY", raising=False)
+    return weaviate_server
+
+
+@pytest.fixture
+def collection_name(request) -> str:
+    """A collection name unique to the test."""
+    import re
+    import uuid
+
+    return "T" + re.sub(r"[^A-Za-z0-9]", "", request.node.name)[:40] + uuid.uuid4().hex[:6]

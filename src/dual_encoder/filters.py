@@ -212,3 +212,16 @@ _COMPARATORS: dict[str, Callable[[Any, Any], bool]] = {
     "in": _in,
     "not in": lambda value, expected: not _in(value, expected),
 }
+
+
+def rename_fields(filters: Mapping[str, Any] | None, names: Mapping[str, str]) -> dict[str, Any] | None:
+    """A copy of ``filters`` with the ``field`` of every comparison renamed by ``names`` (for stores whose
+    property names differ from Haystack's, such as Weaviate's ``_original_id`` for ``id``)."""
+    if filters is None:
+        return None
+    if "field" in filters:
+        return {**filters, "field": names.get(filters["field"], filters["field"])}
+    renamed = dict(filters)
+    if isinstance(filters.get("conditions"), list):
+        renamed["conditions"] = [rename_fields(child, names) for child in filters["conditions"]]
+    return renamed

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from dataclasses import replace
 from typing import Any
 
 from haystack import Document, default_from_dict, default_to_dict
+from haystack.document_stores.errors import DocumentStoreError
 from haystack.document_stores.types import DuplicatePolicy
 from haystack.errors import FilterError
 from haystack.utils.auth import Secret, deserialize_secrets_inplace
@@ -15,7 +17,7 @@ from weaviate.config import AdditionalConfig, Timeout
 
 from dual_encoder import errors
 from dual_encoder.config import SIMILARITIES
-from dual_encoder.filters import compile_filter
+from dual_encoder.filters import compile_filter, rename_fields
 from dual_encoder.fingerprint import (
     DOCUMENT_SPACE_META_KEY,
     EMBEDDED_INPUT_META_KEY,
@@ -34,7 +36,27 @@ META_FIELD_TYPES = ("text", "text[]", "int", "int[]", "number", "number[]", "boo
 
 
 class WeaviateUnavailableError(errors.DualEncoderError, ConnectionError):
-    """Weaviate could not be reached, or refused the connection."""
+    """Weaviate could not be reached, refused the connection, or went away during a call.
+
+    ``unconfirmed_ids`` lists the documents a failed write may not have stored.
+    """
+
+    def __init__(self, message: str, unconfirmed_ids: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.unconfirmed_ids = unconfirmed_ids or []
+
+
+class PartialWriteError(DocumentStoreError):
+    """Weaviate refused some objects of a batch; ``failed`` maps each unwritten document id to the reason."""
+
+    def __init__(self, failed: dict[str, str]) -> None:
+        self.failed = failed
+        listed = "; ".join(f"'{doc_id}': {reason}" for doc_id, reason in list(failed.items())[:20])
+        more = f" (and {len(failed) - 20} more)" if len(failed) > 20 else ""
+        super().__init__(
+            f"{len(failed)} document(s) were not written to Weaviate: {listed}{more}. The other documents of the "
+            f"batch were written. Fix these documents and write them again (writes are idempotent)."
+        )
 
 
 class DualEncoderWeaviateDocumentStore(WeaviateDocumentStore):
@@ -61,6 +83,7 @@ class DualEncoderWeaviateDocumentStore(WeaviateDocumentStore):
     :param grpc_port: gRPC port; ``None`` reads ``WEAVIATE_GRPC_PORT``, else 50051.
     :param timeout: Seconds to wait for Weaviate to answer a connection attempt (queries may take 3x,
         inserts 6x); an unreachable server fails within that bound.
+    :param batch_size: Documents per write request.
     """
 
     def __init__(
@@ -73,6 +96,7 @@ class DualEncoderWeaviateDocumentStore(WeaviateDocumentStore):
         api_key: Secret | None = Secret.from_env_var("WEAVIATE_API_KEY", strict=False),
         grpc_port: int | None = None,
         timeout: float = 10.0,
+        batch_size: int = 500,
     ) -> None:
         if similarity not in SIMILARITIES:
             raise errors.ConfigurationError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}.")
@@ -89,20 +113,14 @@ class DualEncoderWeaviateDocumentStore(WeaviateDocumentStore):
         self.api_key = api_key
         self.grpc_port = grpc_port
         self.timeout = timeout
+        self.batch_size = batch_size
         self._stored_space: StoredSpace | None = None
-        resolved_url = url.resolve_value() if isinstance(url, Secret) else url
-        if not resolved_url:
-            raise errors.ConfigurationError(
-                "No Weaviate URL: set WEAVIATE_URL (for example http://127.0.0.1:8080) or pass url=..."
-            )
-        self.resolved_url = resolved_url
-        key = api_key.resolve_value() if api_key is not None else None
+        self._connect_lock = threading.Lock()
+        # The URL, key and gRPC port are resolved on first use, so a pipeline loads without them.
         super().__init__(
-            url=resolved_url,
+            url=None,
             collection_settings=_collection_settings(collection_name, similarity, meta_fields),
-            auth_client_secret=AuthApiKey(api_key=api_key) if key else None,
             additional_config=AdditionalConfig(timeout=Timeout(init=timeout, query=3 * timeout, insert=6 * timeout)),
-            grpc_port=grpc_port if grpc_port is not None else int(os.environ.get("WEAVIATE_GRPC_PORT", "50051")),
         )
 
     # ---------------------------------------------------------------------------------- serialization
@@ -116,6 +134,7 @@ class DualEncoderWeaviateDocumentStore(WeaviateDocumentStore):
             api_key=self.api_key.to_dict() if self.api_key is not None else None,
             grpc_port=self.grpc_port,
             timeout=self.timeout,
+            batch_size=self.batch_size,
         )
 
     @classmethod
@@ -128,19 +147,47 @@ class DualEncoderWeaviateDocumentStore(WeaviateDocumentStore):
 
     # ------------------------------------------------------------------------------------ connection
     @property
+    def resolved_url(self) -> str:
+        url = self.url.resolve_value() if isinstance(self.url, Secret) else self.url
+        if not url:
+            raise errors.ConfigurationError(
+                "No Weaviate URL: set WEAVIATE_URL (for example http://127.0.0.1:8080) or pass url=..."
+            )
+        return url
+
+    @property
     def client(self):
-        if self._client is not None:
+        client = self._client
+        if client is not None:
+            return client
+        with self._connect_lock:
+            return self._connect()
+
+    def _connect(self):
+        if self._client is not None:  # another thread connected while this one waited
             return self._client
+        self._url = self.resolved_url
+        self._grpc_port = self.grpc_port if self.grpc_port is not None else int(os.environ.get("WEAVIATE_GRPC_PORT", "50051"))
+        key = self.api_key.resolve_value() if self.api_key is not None else None
+        self._auth_client_secret = AuthApiKey(api_key=self.api_key) if key else None
         try:
             return super().client
         except Exception as error:  # the client raises several unrelated types for one cause
             self._client = None
             raise WeaviateUnavailableError(
-                f"Cannot use Weaviate at {self.resolved_url} (gRPC port {self._grpc_port}) for collection "
+                f"Cannot use Weaviate at {self._url} (gRPC port {self._grpc_port}) for collection "
                 f"'{self.collection_name}': {type(error).__name__}: {error}. Check that the server runs (for a "
                 f"local one: `dual-encoder weaviate start`), that WEAVIATE_URL / WEAVIATE_GRPC_PORT point to it, "
                 f"and that WEAVIATE_API_KEY is set if it requires a key."
             ) from error
+
+    @property
+    def collection(self):
+        # The parent tests `if self._collection:`, and a Collection's truth value is its object count: one
+        # network round trip per access. Test identity instead.
+        if self._collection is None:
+            self._collection = self.client.collections.get(self._collection_settings["class"])
+        return self._collection
 
     # ----------------------------------------------------------------------------------- fingerprint
     def get_embedding_space(self) -> StoredSpace:
@@ -172,6 +219,39 @@ class DualEncoderWeaviateDocumentStore(WeaviateDocumentStore):
             self._record_space(replace(established, similarity=self.similarity))
         return super().write_documents(documents, policy=policy)
 
+    def _batch_write(self, documents: list[Document]) -> int:
+        """Upsert in fixed-size batches, so failures are known per document and a dead server fails fast.
+
+        Haystack's dynamic batcher retries an unreachable server with exponential back-off for minutes; one
+        ``insert_many`` call gives up after seconds and reports errors per object.
+        """
+        from weaviate.classes.data import DataObject
+        from weaviate.util import generate_uuid5
+
+        failed: dict[str, str] = {}
+        for start in range(0, len(documents), self.batch_size):
+            chunk = documents[start : start + self.batch_size]
+            objects = [
+                DataObject(properties=self._to_data_object(doc), uuid=generate_uuid5(doc.id), vector=doc.embedding)
+                for doc in chunk
+            ]
+            try:
+                result = self.collection.data.insert_many(objects)
+            except Exception as error:  # transport errors surface as httpx, grpc and weaviate types alike
+                unconfirmed = [doc.id for doc in documents[start:]]
+                raise WeaviateUnavailableError(
+                    f"Lost Weaviate at {self._url} while writing: {type(error).__name__}: {error}. The first {start} of "
+                    f"{len(documents)} document(s) were written; the other {len(unconfirmed)} may not be. Writes are "
+                    f"idempotent: once the server is back, write the same documents again with policy OVERWRITE "
+                    f"(`unconfirmed_ids` on this error lists them).",
+                    unconfirmed_ids=unconfirmed,
+                ) from error
+            for position, problem in result.errors.items():
+                failed[chunk[position].id] = problem.message
+        if failed:
+            raise PartialWriteError(failed)
+        return len(documents)
+
     async def write_documents_async(
         self, documents: list[Document], policy: DuplicatePolicy = DuplicatePolicy.NONE
     ) -> int:
@@ -192,10 +272,7 @@ class DualEncoderWeaviateDocumentStore(WeaviateDocumentStore):
         """Top-k by HNSW search, best first, each ``score`` the similarity (not Weaviate's certainty)."""
         from haystack_integrations.document_stores.weaviate._filters import convert_filters
 
-        try:
-            compile_filter(filters)
-        except errors.FilterError as error:
-            raise FilterError(str(error)) from error
+        filters = _weaviate_filters(filters)
         result = self.collection.query.near_vector(
             near_vector=query_embedding,
             include_vector=return_embedding,
@@ -214,6 +291,10 @@ class DualEncoderWeaviateDocumentStore(WeaviateDocumentStore):
                 )
             )
         return documents
+
+    def filter_documents(self, filters: dict[str, Any] | None = None) -> list[Document]:
+        """Documents matching Haystack-syntax ``filters`` (``id`` included, as on the embedded store)."""
+        return super().filter_documents(_weaviate_filters(filters))
 
     async def embedding_retrieval_async(
         self,
@@ -238,6 +319,15 @@ class DualEncoderWeaviateDocumentStore(WeaviateDocumentStore):
                 "distance/certainty thresholds are not supported here; filter on Document.score instead."
             )
         return self.embedding_retrieval(query_embedding, filters, top_k or 10)
+
+
+def _weaviate_filters(filters: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Validate like every other store, then name Weaviate's property for the document id."""
+    try:
+        compile_filter(filters)
+    except errors.FilterError as error:
+        raise FilterError(str(error)) from error
+    return rename_fields(filters, {"id": "_original_id"}) if filters else None
 
 
 def _collection_settings(name: str, similarity: str, meta_fields: dict[str, str]) -> dict[str, Any]:
