@@ -39,3 +39,31 @@ def test_reloaded_store_gives_identical_rankings(scifact_embedded, tmp_path):
         retriever=StoreEmbeddingRetriever(document_store=EmbeddedDocumentStore(path=str(tmp_path / "s"))), top_k=10
     )
     assert [(d.id, d.score) for d in reopened.run(query=query)["documents"]] == before
+
+
+def test_weaviate_matches_the_embedded_store_on_scifact(scifact_embedded, weaviate_env, tmp_path):
+    from haystack.document_stores.types import DuplicatePolicy
+
+    from haystack_integrations.document_stores.dual_encoder import DualEncoderWeaviateDocumentStore
+
+    data, documents = scifact_embedded
+    weaviate = DualEncoderWeaviateDocumentStore(collection_name="SciFact", meta_fields={"title": "text"})
+    assert weaviate.write_documents(documents, policy=DuplicatePolicy.OVERWRITE) == 5183
+    weaviate.write_documents(documents, policy=DuplicatePolicy.OVERWRITE)
+    assert weaviate.count_documents() == 5183
+    embedded = EmbeddedDocumentStore(path=str(tmp_path / "scifact"))
+    embedded.write_documents(documents)
+
+    runs, overlaps = {"weaviate": {}, "embedded": {}}, []
+    retrievers = {
+        name: DualEncoderRetriever(retriever=StoreEmbeddingRetriever(document_store=store), top_k=10)
+        for name, store in (("weaviate", weaviate), ("embedded", embedded))
+    }
+    for query_id, text in data.queries.items():
+        for name, retriever in retrievers.items():
+            runs[name][query_id] = {d.id: d.score for d in retriever.run(query=text)["documents"]}
+        overlaps.append(len(set(runs["weaviate"][query_id]) & set(runs["embedded"][query_id])) / 10)
+    assert sum(overlaps) / len(overlaps) >= 0.95
+    weaviate_ndcg = evaluate_run(data.qrels, runs["weaviate"])["ndcg@10"]
+    embedded_ndcg = evaluate_run(data.qrels, runs["embedded"])["ndcg@10"]
+    assert abs(weaviate_ndcg - embedded_ndcg) <= 0.005, (weaviate_ndcg, embedded_ndcg)
