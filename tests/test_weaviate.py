@@ -165,7 +165,7 @@ def test_server_killed_during_indexing_then_reindexed_gives_an_exact_count(tmp_p
     documents = [
         Document(id=f"d{i}", content=f"document {i}", meta={DOCUMENT_SPACE_META_KEY: "ds1-synthetic"},
                  embedding=rng.normal(size=32).tolist())
-        for i in range(12000)
+        for i in range(30000)
     ]
     try:
         store = DualEncoderWeaviateDocumentStore(url=server.url, grpc_port=server.ports.grpc, collection_name="Crash", timeout=5)
@@ -179,10 +179,14 @@ def test_server_killed_during_indexing_then_reindexed_gives_an_exact_count(tmp_p
             except WeaviateUnavailableError as error:
                 outcome["error"] = error
 
+        # A second client watches progress, so the writer's connection is only ever used by the writer.
+        observer = DualEncoderWeaviateDocumentStore(url=server.url, grpc_port=server.ports.grpc, collection_name="Crash", timeout=5)
         worker = threading.Thread(target=index)
         worker.start()
-        while store.count_documents() < 1000:
+        deadline = time.monotonic() + 120
+        while observer.count_documents() < 1000 and worker.is_alive() and time.monotonic() < deadline:
             time.sleep(0.05)
+        assert worker.is_alive(), f"indexing ended before the server could be killed: {outcome}"
         server.kill()
         worker.join(timeout=120)
         assert not worker.is_alive(), "indexing hung after the server died"
@@ -193,7 +197,7 @@ def test_server_killed_during_indexing_then_reindexed_gives_an_exact_count(tmp_p
         for start in range(0, len(documents), 2000):
             restarted.write_documents(documents[start:start + 2000], policy=DuplicatePolicy.OVERWRITE)
         assert restarted.count_documents() == len(documents)
-        assert {d.id for d in restarted.filter_documents({"field": "id", "operator": "in", "value": ["d0", "d11999"]})} == {"d0", "d11999"}
+        assert {d.id for d in restarted.filter_documents({"field": "id", "operator": "in", "value": ["d0", "d29999"]})} == {"d0", "d29999"}
     finally:
         server.stop()
 

@@ -225,3 +225,14 @@ def rename_fields(filters: Mapping[str, Any] | None, names: Mapping[str, str]) -
     if isinstance(filters.get("conditions"), list):
         renamed["conditions"] = [rename_fields(child, names) for child in filters["conditions"]]
     return renamed
+
+
+def from_simple_mapping(filters: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Accept LangChain-style ``{"key": value}`` filters (equality on every key, ``meta.`` implied) next to
+    Haystack syntax, which passes through unchanged."""
+    if not filters:
+        return None
+    if "field" in filters or "operator" in filters or "conditions" in filters:
+        return dict(filters)
+    conditions = [{"field": f"meta.{key}", "operator": "==", "value": value} for key, value in filters.items()]
+    return conditions[0] if len(conditions) == 1 else {"operator": "AND", "conditions": conditions}

@@ -173,6 +173,8 @@ class DualEncoderWeaviateDocumentStore(WeaviateDocumentStore):
         try:
             return super().client
         except Exception as error:  # the client raises several unrelated types for one cause
+            if "already exists" in str(error) and self._client is not None and self._client.is_connected():
+                return self._client  # another client created the collection between the check and the create
             self._client = None
             raise WeaviateUnavailableError(
                 f"Cannot use Weaviate at {self._url} (gRPC port {self._grpc_port}) for collection "
@@ -205,7 +207,8 @@ class DualEncoderWeaviateDocumentStore(WeaviateDocumentStore):
         """Write documents after checking their encoder fingerprints and dimensions.
 
         Uses Weaviate's batch API for ``NONE``/``OVERWRITE`` (idempotent: the same id always maps to the same
-        object). When objects fail, ``DocumentStoreError`` lists every id that was not written and why.
+        object). Refused objects raise ``PartialWriteError`` (a ``DocumentStoreError``) naming every id that was
+        not written and why; a lost server raises ``WeaviateUnavailableError`` with the unconfirmed ids.
         """
         if not isinstance(documents, list) or not all(isinstance(doc, Document) for doc in documents):
             raise ValueError("write_documents expects a list of Document objects.")
@@ -291,6 +294,16 @@ class DualEncoderWeaviateDocumentStore(WeaviateDocumentStore):
                 )
             )
         return documents
+
+    def hybrid_retrieval(
+        self, query: str, query_embedding: list[float], filters: dict[str, Any] | None = None, top_k: int = 10,
+        alpha: float = 0.7,
+    ) -> list[Document]:
+        """Weaviate's hybrid search (``alpha`` 1.0 = vector only, 0.0 = BM25 only), only when asked for.
+
+        Scores are Weaviate's fused ranks, not similarities.
+        """
+        return self._hybrid_retrieval(query, query_embedding, _weaviate_filters(filters), top_k, alpha)
 
     def filter_documents(self, filters: dict[str, Any] | None = None) -> list[Document]:
         """Documents matching Haystack-syntax ``filters`` (``id`` included, as on the embedded store)."""
