@@ -67,3 +67,22 @@ def test_weaviate_matches_the_embedded_store_on_scifact(scifact_embedded, weavia
     weaviate_ndcg = evaluate_run(data.qrels, runs["weaviate"])["ndcg@10"]
     embedded_ndcg = evaluate_run(data.qrels, runs["embedded"])["ndcg@10"]
     assert abs(weaviate_ndcg - embedded_ndcg) <= 0.005, (weaviate_ndcg, embedded_ndcg)
+
+
+def test_evaluate_reproduces_the_published_ndcg(scifact_folder, scifact_embedded, tmp_path, minilm):
+    """`dual-encoder evaluate`'s path; the index is pre-filled from the session's embeddings, which the
+    evaluation recognises as unchanged instead of encoding the corpus again."""
+    from dual_encoder.evaluation import evaluate_embedded
+
+    _, documents = scifact_embedded
+    EmbeddedDocumentStore(path=str(tmp_path / "eval")).write_documents(documents)
+    calls = []
+    original = minilm.encode_documents
+    minilm.encode_documents = lambda texts, **kw: calls.append(len(texts)) or original(texts, **kw)
+    try:
+        report = evaluate_embedded(scifact_folder, encoder=minilm, index_path=tmp_path / "eval", progress_bar=False)
+    finally:
+        del minilm.encode_documents
+    assert sum(calls) < 50, "unchanged documents were encoded again"
+    assert report.metrics["ndcg@10"] == pytest.approx(0.645, abs=0.002), report.metrics
+    assert report.queries == 300 and report.depth == 1000

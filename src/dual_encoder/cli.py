@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import asdict
 import os
 import tempfile
 import time
@@ -136,6 +137,42 @@ def combine_command(
     combine_towers(query_tower=query_tower, document_tower=document_tower).save(str(output))
     encoder = DualEncoder(str(output))
     console.print(f"Saved an asymmetric encoder to [bold]{output}[/bold]: {encoder.fingerprint.describe()}.")
+
+
+@app.command("evaluate")
+def evaluate_command(
+    folder: Annotated[Path, typer.Argument(help="A BEIR-layout folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv).")],
+    split: Annotated[str, typer.Option(help="Which qrels split to evaluate.")] = "test",
+    model: ModelOption = None,
+    query_prompt: Annotated[Optional[str], typer.Option(help="Prompt prepended to queries.")] = None,
+    document_prompt: Annotated[Optional[str], typer.Option(help="Prompt prepended to documents.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Texts per forward pass.")] = None,
+    store: Annotated[Optional[Path], typer.Option("--store", "-s", help="Keep the embedded index here (re-runs skip unchanged documents).")] = None,
+    output: Annotated[Optional[Path], typer.Option(help="Write the metrics as JSON here.")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Write a PNG of recall@k here.")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
+) -> None:
+    """Embed a BEIR corpus into the embedded store and report nDCG@10, Recall@10/100, MRR@10 and MAP@100."""
+    from dual_encoder.evaluation import evaluate_embedded, plot_recall_curve
+
+    encoder = DualEncoder(_encoder_config(model, query_prompt, document_prompt, batch_size))
+    started = time.perf_counter()
+    report = evaluate_embedded(folder, split=split, encoder=encoder, index_path=store, progress_bar=progress)
+    table = Table(title=f"{folder.name} ({split}): {report.queries} queries, {report.documents} documents, "
+                        f"model {encoder.config.model}", title_justify="left")
+    for name in ("ndcg@10", "recall@10", "recall@100", "mrr@10", "map@100"):
+        table.add_column(name, justify="right")
+    table.add_row(*(f"{report.metrics[name]:.4f}" for name in ("ndcg@10", "recall@10", "recall@100", "mrr@10", "map@100")))
+    console.print(table)
+    for note in report.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
+    console.print(f"Evaluated to depth {report.depth} in {time.perf_counter() - started:.0f} s.")
+    if output is not None:
+        output.write_text(json.dumps(asdict(report), indent=2))
+        console.print(f"Metrics written to {output}")
+    if plot is not None:
+        plot_recall_curve(report.metrics, plot, title=f"recall@k: {folder.name} {split}, {encoder.config.model}")
+        console.print(f"Recall@k plot written to {plot}")
 
 
 weaviate_app = typer.Typer(no_args_is_help=True, help="Run a local single-node Weaviate server (built from source, no Docker).")
