@@ -161,6 +161,17 @@ class EmbeddedIndex:
                 return len(self._records)
             return sum(1 for record in self._records if matches(record.as_filterable()))
 
+    def stored_meta(self, ids: Iterable[str]) -> dict[str, tuple[dict[str, Any], bool]]:
+        """For each stored id among ``ids``: its meta and whether it has an embedding (no vectors copied)."""
+        self.refresh()
+        with self._lock:
+            found = {}
+            for record_id in ids:
+                position = self._position.get(record_id)
+                if position is not None:
+                    found[record_id] = (self._records[position].meta, bool(self._has_vector[position]))
+            return found
+
     def _row(self, position: int) -> np.ndarray | None:
         return self._matrix[position].copy() if self._has_vector[position] else None
 

@@ -42,14 +42,14 @@ def index_documents(
 ) -> IndexingSummary:
     """Embed ``documents`` with the document tower and upsert them; re-running skips unchanged ones."""
     check_store_compatible(encoder.fingerprint, index.stored_space, where=f"the embedded store at '{index.path}'")
-    stored = {record.id: record for record in index.records()} if len(index) else {}
-    # Carry what is already stored, so unchanged documents are recognised and not encoded again.
+    stored = index.stored_meta(doc.id for doc in documents)
+    # Carry the stored fingerprint meta, so unchanged documents are recognised and not encoded again.
     known = [
         DocumentInput(
             id=doc.id,
             content=doc.content,
-            meta={**_stored_meta(stored.get(doc.id), doc), **doc.meta},
-            has_embedding=doc.id in stored and stored[doc.id].embedding is not None,
+            meta={**_fingerprint_meta(stored.get(doc.id)), **doc.meta},
+            has_embedding=doc.id in stored and stored[doc.id][1],
         )
         for doc in documents
     ]
@@ -73,10 +73,11 @@ def index_documents(
     )
 
 
-def _stored_meta(record: IndexRecord | None, doc: DocumentInput) -> dict[str, Any]:
-    if record is None:
+def _fingerprint_meta(stored: tuple[dict[str, Any], bool] | None) -> dict[str, Any]:
+    if stored is None:
         return {}
-    return {key: record.meta[key] for key in (DOCUMENT_SPACE_META_KEY, EMBEDDED_INPUT_META_KEY) if key in record.meta}
+    meta = stored[0]
+    return {key: meta[key] for key in (DOCUMENT_SPACE_META_KEY, EMBEDDED_INPUT_META_KEY) if key in meta}
 
 
 def search(
