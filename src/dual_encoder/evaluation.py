@@ -13,13 +13,13 @@ Example::
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dual_encoder.errors import InvalidDocumentError
+from dual_encoder.sources import json_objects
 
 logger = logging.getLogger(__name__)
 
@@ -52,17 +52,10 @@ class BeirDataset:
 
 
 def _json_lines(path: Path):
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise InvalidDocumentError(f"{path}:{number} is not valid JSON ({error.msg}).") from error
-            if not isinstance(row, dict) or "_id" not in row:
-                raise InvalidDocumentError(f"{path}:{number} must be a JSON object with an '_id' field.")
-            yield number, row
+    for number, row in json_objects(path):
+        if "_id" not in row:
+            raise InvalidDocumentError(f"{path}:{number} has no '_id' field; BEIR lines need one.")
+        yield number, row
 
 
 def load_beir(folder: str | Path, split: str = "test") -> BeirDataset:

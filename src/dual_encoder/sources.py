@@ -43,9 +43,8 @@ def _read_folder(folder: Path) -> list[DocumentInput]:
     return documents
 
 
-def _read_jsonl(file: Path) -> list[DocumentInput]:
-    documents = []
-    seen: dict[str, int] = {}
+def json_objects(file: Path):
+    """``(line number, object)`` for each non-blank line; a line that is not a JSON object is refused by number."""
     with open(file, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -56,18 +55,25 @@ def _read_jsonl(file: Path) -> list[DocumentInput]:
                 raise InvalidDocumentError(f"{file}:{number} is not valid JSON ({error.msg}).") from error
             if not isinstance(data, dict):
                 raise InvalidDocumentError(f"{file}:{number} must be a JSON object, got {type(data).__name__}.")
-            content = data.pop("content", data.pop("text", None))
-            doc_id = str(data.pop("id", data.pop("_id", f"{file.stem}:{number}")))
-            meta = data.pop("meta", {}) or {}
-            if not isinstance(meta, dict):
-                raise InvalidDocumentError(f"{file}:{number}: 'meta' must be an object, got {type(meta).__name__}.")
-            meta = {**data, **meta}
-            if doc_id in seen:
-                raise InvalidDocumentError(
-                    f"{file}:{number} repeats id '{doc_id}' first used on line {seen[doc_id]}; ids must be unique."
-                )
-            seen[doc_id] = number
-            documents.append(DocumentInput(id=doc_id, content=content, meta=meta))
+            yield number, data
+
+
+def _read_jsonl(file: Path) -> list[DocumentInput]:
+    documents = []
+    seen: dict[str, int] = {}
+    for number, data in json_objects(file):
+        content = data.pop("content", data.pop("text", None))
+        doc_id = str(data.pop("id", data.pop("_id", f"{file.stem}:{number}")))
+        meta = data.pop("meta", {}) or {}
+        if not isinstance(meta, dict):
+            raise InvalidDocumentError(f"{file}:{number}: 'meta' must be an object, got {type(meta).__name__}.")
+        meta = {**data, **meta}
+        if doc_id in seen:
+            raise InvalidDocumentError(
+                f"{file}:{number} repeats id '{doc_id}' first used on line {seen[doc_id]}; ids must be unique."
+            )
+        seen[doc_id] = number
+        documents.append(DocumentInput(id=doc_id, content=content, meta=meta))
     if not documents:
         raise InvalidDocumentError(f"'{file}' holds no documents.")
     return documents
