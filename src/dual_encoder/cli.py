@@ -1,4 +1,4 @@
-"""The ``dual-encoder`` command line: index, search, demo, combine.
+"""The ``dual-encoder`` command line: index, search, demo, combine, evaluate, train, weaviate.
 
     dual-encoder index notes/ --store my-index
     dual-encoder search "How do heat pumps work?" --store my-index
@@ -173,6 +173,73 @@ def evaluate_command(
     if plot is not None:
         plot_recall_curve(report.metrics, plot, title=f"recall@k: {folder.name} {split}, {encoder.config.model}")
         console.print(f"Recall@k plot written to {plot}")
+
+
+@app.command("train")
+def train_command(
+    data: Annotated[Path, typer.Argument(help="A BEIR-layout folder (qrels/train.tsv) or a .jsonl of {query, positive[, negative]}.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the trained model and its report.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Base model to start from.")] = "all-MiniLM-L6-v2",
+    architecture: Annotated[str, typer.Option(help="siamese | asymmetric | asymmetric-shared-projection | asymmetric-frozen-embeddings | light-query")] = "siamese",
+    query_model: Annotated[Optional[str], typer.Option(help="Asymmetric architectures: start the query tower from this model.")] = None,
+    loss: Annotated[str, typer.Option(help="cached-mnrl | mnrl | triplet")] = "cached-mnrl",
+    epochs: Annotated[float, typer.Option(help="Passes over the training pairs.")] = 3.0,
+    learning_rate: Annotated[float, typer.Option(help="Peak learning rate (linear warm-up, then linear decay).")] = 5e-5,
+    batch_size: Annotated[int, typer.Option(help="Pairs per step (each query's in-batch negatives).")] = 64,
+    mini_batch_size: Annotated[int, typer.Option(help="Texts per forward pass for cached-mnrl (memory, not results).")] = 16,
+    hard_negatives: Annotated[int, typer.Option(help="Hard negatives mined per pair with the base model (0: none).")] = 1,
+    negative_ranks: Annotated[str, typer.Option(help="Rank window FIRST:LAST the hard negatives are drawn from.")] = "10:50",
+    query_layers: Annotated[int, typer.Option(help="light-query: layers the query tower keeps.")] = 3,
+    light_query_objective: Annotated[str, typer.Option(help="light-query: distill | contrastive | both.")] = "both",
+    split: Annotated[str, typer.Option(help="BEIR split to train on.")] = "train",
+    dev_split: Annotated[Optional[str], typer.Option(help="BEIR split to evaluate on during training (default: hold out --dev-fraction of train).")] = None,
+    dev_fraction: Annotated[float, typer.Option(help="Share of training queries held out for evaluation.")] = 0.1,
+    eval_corpus_size: Annotated[int, typer.Option(help="Documents the dev evaluation searches (0: the whole corpus).")] = 2000,
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps.")] = None,
+    max_seq_length: Annotated[Optional[int], typer.Option(help="Token limit while training and for the saved model.")] = None,
+    query_prompt: Annotated[Optional[str], typer.Option(help="Prompt for queries, saved with the model.")] = None,
+    document_prompt: Annotated[Optional[str], typer.Option(help="Prompt for documents, saved with the model.")] = None,
+    precision: Annotated[str, typer.Option(help="fp32 | bf16 (mixed precision on CPUs that support it).")] = "fp32",
+    seed: Annotated[int, typer.Option(help="Seed for the dev split, negatives, shuffling and initialisation.")] = 42,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
+) -> None:
+    """Fine-tune a dual encoder (Siamese or asymmetric) and save it with a model card and a training report."""
+    from dual_encoder.training import TrainingConfig, train
+
+    try:
+        first, last = (int(part) for part in negative_ranks.split(":"))
+    except ValueError:
+        raise typer.BadParameter(f"--negative-ranks must look like 10:50, got {negative_ranks!r}.") from None
+    config = TrainingConfig(
+        data=data, output=output, base_model=model, architecture=architecture, query_model=query_model, loss=loss, epochs=epochs,
+        learning_rate=learning_rate, batch_size=batch_size, mini_batch_size=mini_batch_size,
+        hard_negatives=hard_negatives, negative_rank_range=(first, last), query_layers=query_layers,
+        light_query_objective=light_query_objective, split=split, dev_split=dev_split, dev_fraction=dev_fraction,
+        eval_corpus_size=eval_corpus_size or None, max_steps=max_steps, max_seq_length=max_seq_length,
+        query_prompt=query_prompt, document_prompt=document_prompt, precision=precision, seed=seed,
+        progress_bar=progress,
+    )
+    result = train(config)
+    report = result.report
+    if report["dev_before"] is not None:
+        table = Table(title=f"dev slice: {report['data']['dev_queries']} queries, {report['data']['dev_corpus_documents']} documents",
+                      title_justify="left")
+        table.add_column("")
+        for name in report["dev_before"]:
+            table.add_column(name, justify="right")
+        table.add_row("before", *(f"{value:.4f}" for value in report["dev_before"].values()))
+        table.add_row("after", *(f"{value:.4f}" for value in report["dev_after"].values()))
+        console.print(table)
+    for note in report["data"]["notes"]:
+        console.print(f"[yellow]note:[/yellow] {note}")
+    if report["interrupted"]:
+        console.print("[yellow]Training was interrupted; the model was saved as it was at that moment.[/yellow]")
+    if report["document_index_still_valid"]:
+        console.print(f"Documents keep the base model's fingerprint: an index built with {model} stays valid.")
+    console.print(
+        f"Trained {report['steps']} steps in {report['timings']['training_seconds']:.0f} s. Model: [bold]{result.model_path}[/bold]; "
+        f"report: {result.report_path}; curves: {result.plot_path}"
+    )
 
 
 weaviate_app = typer.Typer(no_args_is_help=True, help="Run a local single-node Weaviate server (built from source, no Docker).")

@@ -1,0 +1,168 @@
+"""What a training run does: one :class:`TrainingConfig`, checked before any model is loaded.
+
+Example::
+
+    config = TrainingConfig(
+        data="../shared/data/scifact",        # BEIR folder (qrels/train.tsv) or a .jsonl of pairs/triplets
+        output="models/scifact-siamese",
+        architecture="siamese",
+        hard_negatives=1,
+    )
+    result = train(config)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from dual_encoder.errors import ConfigurationError
+
+#: Architectures, from most to least shared (Dong et al. 2022; KALE 2023 for ``light-query``).
+ARCHITECTURES = (
+    "siamese",
+    "asymmetric",
+    "asymmetric-shared-projection",
+    "asymmetric-frozen-embeddings",
+    "light-query",
+)
+#: ``mnrl``: in-batch negatives (MultipleNegativesRankingLoss); ``cached-mnrl``: the same loss with gradient
+#: caching, so a large batch fits in little memory; ``triplet``: margin loss on (query, positive, negative).
+LOSSES = ("mnrl", "cached-mnrl", "triplet")
+#: How a ``light-query`` tower learns: towards the full model's query embeddings, against the frozen
+#: document tower, or both.
+LIGHT_QUERY_OBJECTIVES = ("distill", "contrastive", "both")
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass
+class TrainingConfig:
+    """Everything a training run needs. Defaults were chosen on a dev slice of SciFact train (see
+    ``benchmarks/training.py``), never on a test split.
+
+    :param data: A BEIR-layout folder (positives from ``qrels/<split>.tsv``) or a ``.jsonl`` file of
+        ``{"query", "positive"[, "negative"]}`` objects.
+    :param output: Folder the trained model, its checkpoints and the training report are written to.
+    :param base_model: The model training starts from (a folder or a known name).
+    :param query_model: For ``asymmetric``, ``asymmetric-shared-projection`` and ``asymmetric-frozen-embeddings``:
+        start the query tower from this model instead of ``base_model`` (for example a smaller one).
+    :param architecture: One of :data:`ARCHITECTURES`.
+    :param query_layers: For ``light-query``: how many of the document tower's layers the query tower keeps.
+    :param light_query_objective: For ``light-query``: one of :data:`LIGHT_QUERY_OBJECTIVES`.
+    :param loss: One of :data:`LOSSES`.
+    :param hard_negatives: Hard negatives mined per training pair with the base encoder (0 turns mining off).
+    :param negative_rank_range: Ranks (0-based, positives excluded) hard negatives are drawn from; skipping
+        the very top avoids unlabelled positives.
+    :param dev_fraction: Share of the training queries held out to evaluate on, when there is no dev split.
+    :param dev_split: Name of a BEIR split used for evaluation instead of a held-out slice (e.g. ``dev``).
+    :param eval_corpus_size: Documents the dev evaluation searches: the dev positives plus distractors up to
+        this many (``None``: the whole corpus).
+    """
+
+    data: str | Path
+    output: str | Path
+    base_model: str = "all-MiniLM-L6-v2"
+    architecture: str = "siamese"
+    query_model: str | None = None
+    query_layers: int = 3
+    light_query_objective: str = "both"
+    loss: str = "cached-mnrl"
+    epochs: float = 3.0
+    learning_rate: float = 5e-5
+    batch_size: int = 64
+    mini_batch_size: int = 16
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    triplet_margin: float = 0.25
+    scale: float = 20.0
+    hard_negatives: int = 1
+    negative_rank_range: tuple[int, int] = (10, 50)
+    split: str = "train"
+    dev_split: str | None = None
+    dev_fraction: float = 0.1
+    eval_corpus_size: int | None = 2000
+    evaluations_per_epoch: int = 1
+    max_steps: int | None = None
+    max_seq_length: int | None = None
+    query_prompt: str | None = None
+    document_prompt: str | None = None
+    precision: str = "fp32"
+    seed: int = 42
+    progress_bar: bool = True
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        self.negative_rank_range = tuple(self.negative_rank_range)  # type: ignore[assignment]
+        self.validate()
+
+    def validate(self) -> None:
+        """Refuse impossible settings before anything expensive happens."""
+        _one_of("architecture", self.architecture, ARCHITECTURES)
+        _one_of("loss", self.loss, LOSSES)
+        _one_of("light_query_objective", self.light_query_objective, LIGHT_QUERY_OBJECTIVES)
+        _one_of("precision", self.precision, PRECISIONS)
+        _positive_int("batch_size", self.batch_size)
+        _positive_int("mini_batch_size", self.mini_batch_size)
+        _positive_int("query_layers", self.query_layers)
+        _positive_int("evaluations_per_epoch", self.evaluations_per_epoch)
+        if self.max_steps is not None:
+            _positive_int("max_steps", self.max_steps)
+        if self.eval_corpus_size is not None:
+            _positive_int("eval_corpus_size", self.eval_corpus_size)
+        if not self.epochs > 0:
+            raise ConfigurationError(f"epochs must be above 0, got {self.epochs!r}.")
+        if not 0 < self.learning_rate < 1:
+            raise ConfigurationError(f"learning_rate must be between 0 and 1, got {self.learning_rate!r}.")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigurationError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}.")
+        if not 0 <= self.dev_fraction < 1:
+            raise ConfigurationError(f"dev_fraction must be in [0, 1), got {self.dev_fraction!r}.")
+        if isinstance(self.hard_negatives, bool) or not isinstance(self.hard_negatives, int) or self.hard_negatives < 0:
+            raise ConfigurationError(f"hard_negatives must be 0 or a positive integer, got {self.hard_negatives!r}.")
+        low, high = self.negative_rank_range
+        if not (isinstance(low, int) and isinstance(high, int) and 0 <= low < high):
+            raise ConfigurationError(
+                f"negative_rank_range must be two ranks (first, last) with 0 <= first < last, got "
+                f"{self.negative_rank_range!r}."
+            )
+        if self.hard_negatives and high - low < self.hard_negatives:
+            raise ConfigurationError(
+                f"negative_rank_range {self.negative_rank_range} holds {high - low} ranks, fewer than the "
+                f"{self.hard_negatives} hard negatives asked for. Widen the range or ask for fewer."
+            )
+        if self.query_model is not None and self.architecture in ("siamese", "light-query"):
+            raise ConfigurationError(
+                f"query_model gives the query tower its own starting model; {self.architecture} derives the query "
+                f"tower from base_model. Use an asymmetric architecture, or leave query_model unset."
+            )
+        if self.architecture == "light-query" and self.light_query_objective != "distill" and self.loss == "triplet":
+            raise ConfigurationError(
+                "light-query trains against the frozen document tower with in-batch negatives; use loss 'mnrl' or "
+                "'cached-mnrl' (or light_query_objective='distill')."
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["data"] = str(self.data)
+        values["output"] = str(self.output)
+        values["negative_rank_range"] = list(self.negative_rank_range)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainingConfig:
+        known = {field.name for field in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigurationError(f"Unknown training option(s) {unknown}; known options are {sorted(known)}.")
+        return cls(**values)
+
+
+def _one_of(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigurationError(f"{name} must be one of {', '.join(allowed)}; got {value!r}.")
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"{name} must be a positive integer, got {value!r}.")
