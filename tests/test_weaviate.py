@@ -259,3 +259,50 @@ def test_round_trips_through_to_dict(monkeypatch):
     clone = DualEncoderWeaviateDocumentStore.from_dict(store.to_dict())
     assert clone.to_dict() == store.to_dict()
     assert (clone.collection_name, clone.similarity, clone.meta_fields, clone.grpc_port, clone.timeout) == ("Rt", "dot", {"a": "int"}, 1234, 3)
+
+
+def _sample_beir(folder):
+    import json
+    from importlib import resources
+
+    rows = [json.loads(line) for line in
+            resources.files("dual_encoder.sample_data").joinpath("corpus.jsonl").read_text().splitlines() if line.strip()]
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "corpus.jsonl").write_text("".join(
+        json.dumps({"_id": row["id"], "title": "", "text": row["content"]}) + "\n" for row in rows))
+    (folder / "queries.jsonl").write_text("".join(
+        json.dumps({"_id": f"q-{row['id']}", "text": row["meta"]["title"]}) + "\n" for row in rows))
+    (folder / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"q-{row['id']}\t{row['id']}\t1\n" for row in rows))
+    return folder
+
+
+def test_evaluate_command_scores_weaviate_like_the_embedded_store(weaviate_env, collection_name, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from dual_encoder.cli import app
+    from dual_encoder.encoder import DualEncoder
+    from dual_encoder.evaluation import evaluate_embedded
+
+    folder = _sample_beir(tmp_path / "beir")
+    embedded = evaluate_embedded(folder, encoder=DualEncoder("all-MiniLM-L6-v2"), progress_bar=False)
+    result = CliRunner().invoke(app, [
+        "evaluate", str(folder), "--store-type", "weaviate", "--weaviate-collection", collection_name,
+        "--no-progress", "--output", str(tmp_path / "weaviate.json"),
+    ])
+    assert result.exit_code == 0, result.output
+    assert "weaviate store" in result.output
+    metrics = json.loads((tmp_path / "weaviate.json").read_text())["metrics"]
+    assert embedded.metrics["ndcg@10"] > 0.5
+    for name, value in embedded.metrics.items():
+        assert metrics[name] == pytest.approx(value, abs=1e-6), name
+
+
+def test_evaluate_command_names_unknown_store_types(tmp_path):
+    from dual_encoder.errors import ConfigurationError
+    from dual_encoder.evaluation import evaluation_store
+
+    with pytest.raises(ConfigurationError, match="Unknown evaluation store 'qdrant'; available: embedded, weaviate"):
+        evaluation_store("qdrant")

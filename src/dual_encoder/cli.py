@@ -148,18 +148,29 @@ def evaluate_command(
     document_prompt: Annotated[Optional[str], typer.Option(help="Prompt prepended to documents.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Texts per forward pass.")] = None,
     store: Annotated[Optional[Path], typer.Option("--store", "-s", help="Keep the embedded index here (re-runs skip unchanged documents).")] = None,
+    store_type: Annotated[str, typer.Option(help="embedded | weaviate (a running server; see `dual-encoder weaviate start`).")] = "embedded",
+    weaviate_url: Annotated[Optional[str], typer.Option(help="Weaviate REST URL (default: $WEAVIATE_URL).")] = None,
+    weaviate_grpc_port: Annotated[Optional[int], typer.Option(help="Weaviate gRPC port (default: $WEAVIATE_GRPC_PORT or 50051).")] = None,
+    weaviate_collection: Annotated[str, typer.Option(help="Weaviate collection to index into (one per encoder).")] = "DualEncoderEvaluation",
     output: Annotated[Optional[Path], typer.Option(help="Write the metrics as JSON here.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Write a PNG of recall@k here.")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
 ) -> None:
-    """Embed a BEIR corpus into the embedded store and report nDCG@10, Recall@10/100, MRR@10 and MAP@100."""
-    from dual_encoder.evaluation import evaluate_embedded, plot_recall_curve
+    """Embed a BEIR corpus into a store and report nDCG@10, Recall@10/100, MRR@10 and MAP@100."""
+    from dual_encoder.evaluation import evaluate_store, evaluation_store, plot_recall_curve
 
+    if store_type == "embedded":
+        target = evaluation_store("embedded", path=store)
+    else:
+        if store is not None:
+            raise typer.BadParameter("--store is the embedded store's folder; with --store-type weaviate leave it out.")
+        target = evaluation_store(store_type, url=weaviate_url, collection_name=weaviate_collection,
+                                  grpc_port=weaviate_grpc_port)
     encoder = DualEncoder(_encoder_config(model, query_prompt, document_prompt, batch_size))
     started = time.perf_counter()
-    report = evaluate_embedded(folder, split=split, encoder=encoder, index_path=store, progress_bar=progress)
+    report = evaluate_store(folder, split=split, encoder=encoder, store=target, progress_bar=progress)
     table = Table(title=f"{folder.name} ({split}): {report.queries} queries, {report.documents} documents, "
-                        f"model {encoder.config.model}", title_justify="left")
+                        f"model {encoder.config.model}, {store_type} store", title_justify="left")
     for name in ("ndcg@10", "recall@10", "recall@100", "mrr@10", "map@100"):
         table.add_column(name, justify="right")
     table.add_row(*(f"{report.metrics[name]:.4f}" for name in ("ndcg@10", "recall@10", "recall@100", "mrr@10", "map@100")))
