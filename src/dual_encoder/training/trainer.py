@@ -80,6 +80,10 @@ def train(config: TrainingConfig | dict[str, Any]) -> TrainingResult:
     train_data, dev_data = _train_and_dev(config, data)
     notes = list(data.notes)
 
+    # Training arguments are validated now, so a setting the machine cannot run fails before the mining pass.
+    steps_per_epoch = sum(math.ceil(rows / config.batch_size) for rows in _dataset_sizes(config, train_data))
+    args = _training_arguments(config, output, steps_per_epoch, has_dev=dev_data is not None)
+
     mark = time.perf_counter()
     base_encoder = DualEncoder(_encoder_config(config, config.base_model))
     rankings = _rankings(config, base_encoder, train_data, dev_data)
@@ -92,9 +96,8 @@ def train(config: TrainingConfig | dict[str, Any]) -> TrainingResult:
     timings["mining_seconds"] = time.perf_counter() - mark
 
     datasets, losses, router_mapping = _datasets_and_losses(config, built, train_data)
+    _apply_routes_and_prompts(args, config, router_mapping)
     evaluator = _dev_evaluator(config, dev_data, rankings) if dev_data is not None else None
-    steps_per_epoch = sum(math.ceil(len(ds) / config.batch_size) for ds in datasets.values())
-    args = _training_arguments(config, output, steps_per_epoch, router_mapping, has_dev=evaluator is not None)
 
     from sentence_transformers import SentenceTransformerTrainer
 
@@ -306,12 +309,18 @@ def _dev_metrics(evaluator, model) -> dict[str, float]:
     return {short: float(scores[f"{_DEV_NAME}_{long}"]) for short, long in DEV_METRICS.items()}
 
 
-def _training_arguments(config: TrainingConfig, output: Path, steps_per_epoch: int, router_mapping, *, has_dev: bool):
-    from sentence_transformers import SentenceTransformerTrainingArguments
-    from sentence_transformers.base.sampler import BatchSamplers
+def _dataset_sizes(config: TrainingConfig, data: TrainingData) -> list[int]:
+    sizes = []
+    if not (config.architecture == "light-query" and config.light_query_objective == "distill"):
+        sizes.append(len(data.pairs))
+    if config.architecture == "light-query" and config.light_query_objective in ("distill", "both"):
+        sizes.append(len({data.queries[p.query_id] for p in data.pairs}))
+    return sizes
 
-    total_steps = config.max_steps or math.ceil(steps_per_epoch * config.epochs)
-    eval_steps = max(1, min(total_steps, steps_per_epoch // config.evaluations_per_epoch))
+
+def _apply_routes_and_prompts(args, config: TrainingConfig, router_mapping: dict[str, dict[str, str]]) -> None:
+    """Send each dataset column to its tower, with its role prompt (both keyed per dataset when there are
+    several datasets, as sentence-transformers expects)."""
     prompts = {}
     for dataset_name, mapping in router_mapping.items():
         column_prompts = {
@@ -322,37 +331,54 @@ def _training_arguments(config: TrainingConfig, output: Path, steps_per_epoch: i
         if column_prompts:
             prompts[dataset_name] = column_prompts
     single = len(router_mapping) == 1
-    return SentenceTransformerTrainingArguments(
-        output_dir=str(output / CHECKPOINTS_FOLDER),
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps or -1,
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        warmup_steps=config.warmup_ratio,  # a float below 1 is a share of the total steps
-        weight_decay=config.weight_decay,
-        seed=config.seed,
-        data_seed=config.seed,
-        bf16=config.precision == "bf16",
-        batch_sampler=BatchSamplers.NO_DUPLICATES if uses_in_batch_negatives(config.loss) else BatchSamplers.BATCH_SAMPLER,
-        # A Siamese model has no routes; an asymmetric one sends queries and documents to their towers.
-        router_mapping=({} if config.architecture == "siamese" else next(iter(router_mapping.values())) if single else router_mapping),
-        prompts=(prompts.get(next(iter(router_mapping))) if single else prompts) or None,
-        eval_strategy="steps" if has_dev else "no",
-        eval_steps=eval_steps if has_dev else None,
-        save_strategy="steps",
-        save_steps=eval_steps,
-        save_total_limit=1,
-        load_best_model_at_end=has_dev,
-        metric_for_best_model=f"eval_{_DEV_NAME}_{DEV_METRICS['ndcg@10']}" if has_dev else None,
-        greater_is_better=True,
-        logging_steps=max(1, eval_steps // 5),
-        logging_first_step=True,
-        report_to="none",
-        disable_tqdm=not config.progress_bar,
-        dataloader_drop_last=False,
-        dataloader_pin_memory=False,
-    )
+    # A Siamese model has no routes; an asymmetric one sends queries and documents to their towers.
+    if config.architecture != "siamese":
+        args.router_mapping = next(iter(router_mapping.values())) if single else router_mapping
+    if prompts:
+        args.prompts = prompts.get(next(iter(router_mapping))) if single else prompts
+
+
+def _training_arguments(config: TrainingConfig, output: Path, steps_per_epoch: int, *, has_dev: bool):
+    import torch
+    from sentence_transformers import SentenceTransformerTrainingArguments
+    from sentence_transformers.base.sampler import BatchSamplers
+
+    total_steps = config.max_steps or math.ceil(steps_per_epoch * config.epochs)
+    eval_steps = max(1, min(total_steps, steps_per_epoch // config.evaluations_per_epoch))
+    try:
+        return SentenceTransformerTrainingArguments(
+            output_dir=str(output / CHECKPOINTS_FOLDER),
+            num_train_epochs=config.epochs,
+            max_steps=config.max_steps or -1,
+            per_device_train_batch_size=config.batch_size,
+            per_device_eval_batch_size=config.batch_size,
+            learning_rate=config.learning_rate,
+            warmup_steps=config.warmup_ratio,  # a float below 1 is a share of the total steps
+            weight_decay=config.weight_decay,
+            seed=config.seed,
+            data_seed=config.seed,
+            bf16=config.precision == "bf16",
+            # Without this, transformers refuses bf16 on a machine that has no GPU.
+            use_cpu=not torch.cuda.is_available(),
+            batch_sampler=BatchSamplers.NO_DUPLICATES if uses_in_batch_negatives(config.loss) else BatchSamplers.BATCH_SAMPLER,
+            eval_strategy="steps" if has_dev else "no",
+            eval_steps=eval_steps if has_dev else None,
+            save_strategy="steps",
+            save_steps=eval_steps,
+            save_total_limit=1,
+            load_best_model_at_end=has_dev,
+            metric_for_best_model=f"eval_{_DEV_NAME}_{DEV_METRICS['ndcg@10']}" if has_dev else None,
+            greater_is_better=True,
+            logging_steps=max(1, eval_steps // 5),
+            logging_first_step=True,
+            report_to="none",
+            disable_tqdm=not config.progress_bar,
+            dataloader_drop_last=False,
+            dataloader_pin_memory=False,
+        )
+    except ValueError as error:
+        raise ConfigurationError(f"The training settings cannot run on this machine: {error}") from error
+
 
 
 def _history(log_history: list[dict[str, Any]]) -> dict[str, list[dict[str, float]]]:
