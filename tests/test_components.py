@@ -226,6 +226,7 @@ ENCODER = {
     "batch_size": 7,
     "device": "cpu",
     "trust_remote_code": False,
+    "backend": "torch",
 }
 
 

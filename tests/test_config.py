@@ -15,6 +15,7 @@ def test_round_trips_every_field():
         batch_size=8,
         device="cpu",
         trust_remote_code=True,
+        backend="openvino-bf16",
     )
     assert EncoderConfig.from_dict(config.to_dict()) == config
 

@@ -38,11 +38,17 @@ ModelOption = Annotated[
 ]
 
 
+BackendOption = Annotated[
+    Optional[str],
+    typer.Option(help="torch (float32, default) | openvino | openvino-bf16 (about 4x faster on CPUs with bf16; same space)."),
+]
+
+
 def _encoder_config(model: str | None, query_prompt: str | None, document_prompt: str | None, batch_size: int | None,
-                    recorded: dict | None = None) -> EncoderConfig:
+                    recorded: dict | None = None, backend: str | None = None) -> EncoderConfig:
     base = dict(recorded or {})
     overrides = {"model": model, "query_prompt": query_prompt, "document_prompt": document_prompt,
-                 "batch_size": batch_size}
+                 "batch_size": batch_size, "backend": backend}
     base.update({key: value for key, value in overrides.items() if value is not None})
     return EncoderConfig.from_dict(base)
 
@@ -56,11 +62,13 @@ def index_command(
     document_prompt: Annotated[Optional[str], typer.Option(help="Prompt prepended to documents.")] = None,
     meta_field: Annotated[Optional[list[str]], typer.Option("--meta-field", help="Meta field to embed with the text (repeatable).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Texts per forward pass.")] = None,
+    backend: BackendOption = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Embed documents with the document tower and add them to an embedded store."""
     index = EmbeddedIndex(store)
-    config = _encoder_config(model, query_prompt, document_prompt, batch_size, index.metadata.get(ENCODER_METADATA_KEY))
+    config = _encoder_config(model, query_prompt, document_prompt, batch_size, index.metadata.get(ENCODER_METADATA_KEY),
+                             backend=backend)
     documents = read_documents(source)
     started = time.perf_counter()
     summary = index_documents(
@@ -80,12 +88,13 @@ def search_command(
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Number of results.")] = 5,
     filters: Annotated[Optional[str], typer.Option("--filters", help="Haystack-syntax filter as JSON.")] = None,
     model: ModelOption = None,
+    backend: BackendOption = None,
 ) -> None:
     """Search an embedded store; the encoder recorded at indexing time is used unless --model is given."""
     if not (store / "manifest.json").exists():
         raise DualEncoderError(f"No embedded store at '{store}'. Create one with: dual-encoder index <source> --store {store}")
     index = EmbeddedIndex(store)
-    config = _encoder_config(model, None, None, None, index.metadata.get(ENCODER_METADATA_KEY))
+    config = _encoder_config(model, None, None, None, index.metadata.get(ENCODER_METADATA_KEY), backend=backend)
     try:
         parsed_filters = json.loads(filters) if filters else None
     except json.JSONDecodeError as error:
@@ -147,6 +156,7 @@ def evaluate_command(
     query_prompt: Annotated[Optional[str], typer.Option(help="Prompt prepended to queries.")] = None,
     document_prompt: Annotated[Optional[str], typer.Option(help="Prompt prepended to documents.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Texts per forward pass.")] = None,
+    backend: BackendOption = None,
     store: Annotated[Optional[Path], typer.Option("--store", "-s", help="Keep the embedded index here (re-runs skip unchanged documents).")] = None,
     store_type: Annotated[str, typer.Option(help="embedded | weaviate (a running server; see `dual-encoder weaviate start`).")] = "embedded",
     weaviate_url: Annotated[Optional[str], typer.Option(help="Weaviate REST URL (default: $WEAVIATE_URL).")] = None,
@@ -166,7 +176,7 @@ def evaluate_command(
             raise typer.BadParameter("--store is the embedded store's folder; with --store-type weaviate leave it out.")
         target = evaluation_store(store_type, url=weaviate_url, collection_name=weaviate_collection,
                                   grpc_port=weaviate_grpc_port)
-    encoder = DualEncoder(_encoder_config(model, query_prompt, document_prompt, batch_size))
+    encoder = DualEncoder(_encoder_config(model, query_prompt, document_prompt, batch_size, backend=backend))
     started = time.perf_counter()
     report = evaluate_store(folder, split=split, encoder=encoder, store=target, progress_bar=progress)
     table = Table(title=f"{folder.name} ({split}): {report.queries} queries, {report.documents} documents, "

@@ -25,6 +25,9 @@ from dual_encoder.errors import ConfigurationError
 
 Similarity = Literal["cosine", "dot"]
 SIMILARITIES: tuple[str, ...] = ("cosine", "dot")
+Backend = Literal["torch", "openvino", "openvino-bf16"]
+#: How the transformer of each tower runs (see :mod:`dual_encoder.acceleration`).
+BACKENDS: tuple[str, ...] = ("torch", "openvino", "openvino-bf16")
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,10 @@ class EncoderConfig:
     :param batch_size: Texts per forward pass.
     :param device: Torch device (``"cpu"``, ``"cuda:0"``...). ``None`` picks the best available.
     :param trust_remote_code: Allow a model folder to run its own Python code. Off by default.
+    :param backend: How the transformers run: ``"torch"`` (default, float32), ``"openvino"`` (OpenVINO on the
+        CPU, float32) or ``"openvino-bf16"`` (OpenVINO on the CPU in bfloat16: several times faster on CPUs with
+        bfloat16 support, embeddings within cosine 0.9999 of float32). All three embed into the same document
+        space, so they share fingerprints and indexes.
     """
 
     model: str = "all-MiniLM-L6-v2"
@@ -55,6 +62,7 @@ class EncoderConfig:
     batch_size: int = 32
     device: str | None = None
     trust_remote_code: bool = False
+    backend: Backend = "torch"
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
@@ -85,6 +93,17 @@ class EncoderConfig:
         if not isinstance(self.trust_remote_code, bool):
             raise ConfigurationError(
                 f"EncoderConfig.trust_remote_code must be true or false, got {self.trust_remote_code!r}."
+            )
+
+        if self.backend not in BACKENDS:
+            raise ConfigurationError(
+                f"EncoderConfig.backend must be one of {BACKENDS}, got {self.backend!r}. 'torch' runs float32 "
+                f"PyTorch; 'openvino' and 'openvino-bf16' run OpenVINO on the CPU in float32 or bfloat16."
+            )
+        if self.backend != "torch" and self.device not in (None, "cpu"):
+            raise ConfigurationError(
+                f"EncoderConfig.backend={self.backend!r} runs on the CPU, but device={self.device!r} was asked "
+                f"for. Use backend='torch' on {self.device!r}, or leave device unset (or 'cpu')."
             )
 
     def to_dict(self) -> dict[str, Any]:

@@ -5,7 +5,9 @@ that identity explicit so stores and retrievers can refuse to mix spaces instead
 
 ``document_space`` covers everything that decides where a document lands: the document tower's weights
 and module configuration (module by module, so the same tower inside or outside a ``Router`` hashes the
-same), the document prompt, normalisation, output dimension, similarity and truncation length.
+same), the document prompt, normalisation, output dimension, similarity and truncation length. Not the
+backend that computes it (``EncoderConfig.backend``): float32 torch and OpenVINO bfloat16 place documents
+within cosine 0.9999 of each other, so they share a space (see ``DualEncoder.fingerprint``).
 
 A query tower is **compatible** with a stored space when the encoder it belongs to reports the same
 ``document_space``: it was saved together with exactly that document tower. A light query tower trained

@@ -8,7 +8,8 @@ Names resolve in this order:
 
 Loaded models are shared: every encoder in the process that asks for the same folder, device and options
 gets the same ``SentenceTransformer`` instance, so a Siamese query embedder and document embedder hold one
-copy of the weights between them.
+copy of the weights between them. The backend is one of those options: an OpenVINO instance is a separate
+copy whose transformers run through OpenVINO (:mod:`dual_encoder.acceleration`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from dual_encoder.errors import ModelNotFoundError, NotAModelError
+from dual_encoder.errors import ConfigurationError, ModelNotFoundError, NotAModelError
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -81,17 +82,29 @@ def load_shared_model(
     device: str | None = None,
     trust_remote_code: bool = False,
     max_seq_length: int | None = None,
+    backend: str = "torch",
 ) -> SentenceTransformer:
-    """Load a model, or return the instance this process already loaded with the same options."""
+    """Load a model, or return the instance this process already loaded with the same options.
+
+    ``backend`` (see :data:`dual_encoder.config.BACKENDS`) is part of the identity: an ``"openvino-bf16"``
+    encoder never hands its instance to a ``"torch"`` one, or the other way round.
+    """
+    from dual_encoder.acceleration import BACKEND_PRECISIONS, accelerate, check_backend_device
+
+    if backend not in BACKEND_PRECISIONS:
+        raise ConfigurationError(f"backend must be one of {tuple(BACKEND_PRECISIONS)}, got {backend!r}.")
+    check_backend_device(backend, device)
     location = resolve_model_location(name)
-    key = (location, device, trust_remote_code, max_seq_length)
+    key = (location, device, trust_remote_code, max_seq_length, backend)
     with _lock:
         model = _shared_models.get(key)
         if model is None:
-            model = _load(name, location, device=device, trust_remote_code=trust_remote_code)
+            load_device = "cpu" if backend != "torch" else device
+            model = _load(name, location, device=load_device, trust_remote_code=trust_remote_code)
             if max_seq_length is not None:
                 model.max_seq_length = max_seq_length
             model.eval()
+            accelerate(model, backend, name=name)
             _shared_models[key] = model
         return model
 

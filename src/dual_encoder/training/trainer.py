@@ -85,7 +85,10 @@ def train(config: TrainingConfig | dict[str, Any]) -> TrainingResult:
     args = _training_arguments(config, output, steps_per_epoch, has_dev=dev_data is not None)
 
     mark = time.perf_counter()
-    base_encoder = DualEncoder(_encoder_config(config, config.base_model))
+    # Mining only ranks documents, so bf16 runs may rank with the faster OpenVINO bf16 backend (same space).
+    base_encoder = DualEncoder(
+        _encoder_config(config, config.base_model, backend="openvino-bf16" if config.precision == "bf16" else "torch")
+    )
     rankings = _rankings(config, base_encoder, train_data, dev_data)
     if config.hard_negatives:
         train_data.pairs, mining_notes = pick_negatives(
@@ -192,9 +195,10 @@ def _check_output_folder(output: Path) -> None:
         )
 
 
-def _encoder_config(config: TrainingConfig, model: str) -> EncoderConfig:
+def _encoder_config(config: TrainingConfig, model: str, backend: str = "torch") -> EncoderConfig:
     return EncoderConfig(
         model=model,
+        backend=backend,
         query_prompt=config.query_prompt,
         document_prompt=config.document_prompt,
         max_seq_length=config.max_seq_length,

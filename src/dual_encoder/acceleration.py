@@ -1,0 +1,210 @@
+"""Faster CPU encoding: run the transformer of each tower through OpenVINO.
+
+``EncoderConfig(backend=...)`` picks how the transformer of each tower runs:
+
+- ``"torch"`` (default): sentence-transformers on PyTorch in float32, as loaded.
+- ``"openvino"``: the same weights compiled by OpenVINO's CPU plugin in float32 (same numbers as torch
+  up to rounding, ~1e-6).
+- ``"openvino-bf16"``: OpenVINO computing in bfloat16 on CPUs that support it (AVX-512 BF16 or AMX);
+  embeddings stay within cosine 0.9999 of float32 and retrieval quality is unchanged (see
+  ``benchmarks/fast_encoding.py``). On a CPU without bfloat16 it runs in float32, with a warning.
+
+Only the transformer's forward pass moves to OpenVINO. Tokenisation, prompts, Router routes, pooling and
+normalisation stay sentence-transformers' own code, and the torch weights stay loaded: the encoder
+fingerprint is computed from them, so an OpenVINO encoder reports the same document space as the torch
+encoder of the same model (see :attr:`dual_encoder.encoder.DualEncoder.fingerprint`).
+
+Nothing here may phone home, and OpenVINO's Python package reports usage to Intel unless the user opted
+out: ``import openvino`` sends an "import" event and ``openvino.convert_model`` a conversion report. So
+:func:`import_openvino` imports it with its telemetry package hidden, which makes OpenVINO fall back to its
+own built-in no-op stub (the path it takes when ``openvino-telemetry`` is not installed), and the model is
+converted with OpenVINO's PyTorch frontend directly rather than through ``convert_model``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import sys
+import threading
+import warnings
+from typing import TYPE_CHECKING, Any
+
+from dual_encoder.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+logger = logging.getLogger(__name__)
+
+#: Backends and the OpenVINO inference precision each asks for (``None``: plain torch).
+BACKEND_PRECISIONS: dict[str, str | None] = {"torch": None, "openvino": "f32", "openvino-bf16": "bf16"}
+
+_TEXT_SAMPLE = "An example sentence to trace the model with, long enough to have a few tokens."
+
+
+def check_backend_device(backend: str, device: str | None) -> None:
+    """OpenVINO backends run on the CPU only."""
+    if BACKEND_PRECISIONS.get(backend) is not None and device not in (None, "cpu"):
+        raise ConfigurationError(
+            f"backend={backend!r} runs on the CPU, but device={device!r} was asked for. Use backend='torch' "
+            f"for {device!r}, or leave device unset (or 'cpu') with an OpenVINO backend."
+        )
+
+
+def import_openvino() -> Any:
+    """``import openvino`` without OpenVINO's usage telemetry (see the module docstring)."""
+    if "openvino" not in sys.modules and "openvino_telemetry" not in sys.modules:
+        # ``None`` in sys.modules makes ``import openvino_telemetry`` raise ImportError, so OpenVINO's tools bind
+        # their no-op telemetry stub at import time; the entry is removed again right after.
+        sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]
+        try:
+            return importlib.import_module("openvino")
+        finally:
+            del sys.modules["openvino_telemetry"]
+    return importlib.import_module("openvino")
+
+
+def accelerate(model: SentenceTransformer, backend: str, *, name: str) -> None:
+    """Route the forward pass of every transformer in ``model`` (both Router routes) through ``backend``.
+
+    ``model`` is changed in place; its weights and state dict are not. ``name`` is the model's name for
+    error messages.
+    """
+    precision = BACKEND_PRECISIONS[backend]
+    if precision is None:
+        return
+    core = import_openvino().Core()
+    if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        logger.warning(
+            "backend='openvino-bf16': this CPU has no bfloat16 support, so OpenVINO computes in float32 (the "
+            "results are those of backend='openvino')."
+        )
+        precision = "f32"
+    for module in _input_modules(model, name):
+        _compile_transformer(core, module, precision, name=name)
+
+
+def _input_modules(model: SentenceTransformer, name: str) -> list[Any]:
+    """The first module of every tower, each checked to be a text transformer OpenVINO can take."""
+    from sentence_transformers.base.modules import Router, Transformer
+
+    first = model[0] if len(model) else None
+    towers = [modules[0] for modules in first.sub_modules.values()] if isinstance(first, Router) else [first]
+    checked = []
+    for module in towers:
+        if not isinstance(module, Transformer):
+            raise ConfigurationError(
+                f"The OpenVINO backends need towers that start with a sentence-transformers Transformer module; "
+                f"model '{name}' has {type(module).__name__}. Use backend='torch' for this model."
+            )
+        modality = module.modality_config.get("text", {})
+        if set(module.modality_config) != {"text"} or modality.get("method") != "forward" or modality.get(
+            "method_output_name"
+        ) not in ("last_hidden_state", ["last_hidden_state"], ("last_hidden_state",)):
+            raise ConfigurationError(
+                f"The OpenVINO backends support text transformers whose output is last_hidden_state; model "
+                f"'{name}' is configured with {module.modality_config}. Use backend='torch' for this model."
+            )
+        if getattr(getattr(module.model, "config", None), "output_hidden_states", False):
+            raise ConfigurationError(
+                f"Model '{name}' passes every layer's hidden states on (output_hidden_states); the OpenVINO "
+                f"backends compute only the last one. Use backend='torch' for this model."
+            )
+        if any(module is seen for seen in checked):
+            continue
+        checked.append(module)
+    return checked
+
+
+def _last_hidden_state(transformer: Any, input_names: list[str]) -> Any:
+    """A torch module returning the transformer's last hidden state from positional tensors (for tracing)."""
+    import torch
+
+    class LastHiddenState(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.transformer = transformer
+
+        def forward(self, *tensors):
+            return self.transformer(**dict(zip(input_names, tensors)), return_dict=True).last_hidden_state
+
+    return LastHiddenState().eval()
+
+
+def _compile_transformer(core: Any, module: Any, precision: str, *, name: str) -> None:
+    import torch
+    from openvino.frontend import FrontEndManager
+    from openvino.frontend.pytorch.ts_decoder import TorchScriptPythonDecoder
+    from transformers.utils import logging as transformers_logging
+
+    transformer = module.model
+    sample = module.preprocess([_TEXT_SAMPLE, _TEXT_SAMPLE + " And a second, longer one."])
+    parameters = inspect.signature(transformer.forward).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    input_names = [
+        key for key, value in sample.items()
+        if isinstance(value, torch.Tensor) and (key in parameters or takes_any)
+    ]
+    if "input_ids" not in input_names or "attention_mask" not in input_names:
+        raise ConfigurationError(
+            f"The OpenVINO backends need a tokenizer that gives input_ids and an attention_mask; model '{name}' "
+            f"gives {sorted(sample)}. Use backend='torch' for this model."
+        )
+    example = tuple(sample[key] for key in input_names)
+    traced = _last_hidden_state(transformer, input_names)
+    # Tracing warns that a few shape checks in transformers' masking and attention code are frozen into the
+    # graph; for an encoder they are constant (the mask always matches the inputs, attention is not causal),
+    # and the tests check the converted model against torch at other lengths. Tracing also touches
+    # deprecated attributes of the transformers model. None of it is the user's to act on.
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            decoder = TorchScriptPythonDecoder(traced, example_input=example, shared_memory=False)
+            frontend = FrontEndManager().load_by_framework("pytorch")
+            ov_model = frontend.convert(frontend.load(decoder))
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    for port, key in zip(ov_model.inputs, input_names):
+        port.get_tensor().set_names({key})
+    compiled = core.compile_model(
+        ov_model,
+        "CPU",
+        {
+            "INFERENCE_PRECISION_HINT": precision,
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_NUM_THREADS": max(1, torch.get_num_threads()),
+        },
+    )
+    module.forward = _OpenVINOForward(compiled, input_names, module.module_output_name)
+
+
+class _OpenVINOForward:
+    """Replaces ``Transformer.forward``: same features in, same ``token_embeddings`` out, computed by OpenVINO.
+
+    One inference request per thread: OpenVINO requests must not be shared between concurrent calls.
+    """
+
+    def __init__(self, compiled: Any, input_names: list[str], output_name: str) -> None:
+        self.compiled = compiled
+        self.input_names = input_names
+        self.output_name = output_name
+        self._local = threading.local()
+
+    def __call__(self, features: dict[str, Any], **_: Any) -> dict[str, Any]:
+        import torch
+
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        inputs = {key: features[key].detach().cpu().numpy() for key in self.input_names}
+        result = request.infer(inputs)
+        features[self.output_name] = torch.from_numpy(result[0])
+        return features
+
+    def __deepcopy__(self, memo: dict) -> _OpenVINOForward:
+        # A compiled model is immutable: copies of the module share it (each thread still gets its own request).
+        return _OpenVINOForward(self.compiled, self.input_names, self.output_name)

@@ -1,0 +1,104 @@
+"""The OpenVINO backends (issue 5): same space as float32 torch, separate shared instances, clear errors."""
+
+import json
+from importlib import resources
+
+import numpy as np
+import pytest
+
+from dual_encoder.config import BACKENDS, EncoderConfig
+from dual_encoder.encoder import DualEncoder
+from dual_encoder.errors import ConfigurationError
+from dual_encoder.models import load_shared_model
+
+
+def _sample_texts() -> tuple[list[str], list[str]]:
+    folder = resources.files("dual_encoder") / "sample_data"
+    rows = [json.loads(line) for line in (folder / "corpus.jsonl").read_text().splitlines() if line.strip()]
+    documents = [f"{row['meta'].get('title', '')} {row['content']}".strip() for row in rows]
+    questions = [line.strip() for line in (folder / "questions.txt").read_text().splitlines() if line.strip()]
+    return documents, questions
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.fixture(scope="module")
+def minilm_bf16():
+    return DualEncoder({"model": "all-MiniLM-L6-v2", "backend": "openvino-bf16"}).load()
+
+
+def test_backend_round_trips_and_defaults_to_torch():
+    assert EncoderConfig().backend == "torch"
+    assert "backend" in EncoderConfig().to_dict()
+    for backend in BACKENDS:
+        config = EncoderConfig(model="all-MiniLM-L6-v2", backend=backend, device="cpu")
+        assert EncoderConfig.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize("backend", ["bf16", "onnx", "OpenVINO", None])
+def test_unknown_backend_is_refused_with_the_allowed_values(backend):
+    with pytest.raises(ConfigurationError, match=r"backend must be one of \('torch', 'openvino', 'openvino-bf16'\)"):
+        EncoderConfig(backend=backend)
+
+
+def test_openvino_backends_refuse_a_gpu_device():
+    with pytest.raises(ConfigurationError, match="runs on the CPU"):
+        EncoderConfig(backend="openvino-bf16", device="cuda:0")
+
+
+def test_each_backend_gets_its_own_shared_instance(minilm, minilm_bf16):
+    assert minilm_bf16.model is not minilm.model
+    assert load_shared_model("all-MiniLM-L6-v2", backend="openvino-bf16") is minilm_bf16.model
+    assert load_shared_model("all-MiniLM-L6-v2") is minilm.model
+    assert DualEncoder({"model": "all-MiniLM-L6-v2", "backend": "openvino-bf16", "query_prompt": "q: "}).model is (
+        minilm_bf16.model
+    )
+
+
+def test_bf16_embeddings_match_float32_on_real_text(minilm, minilm_bf16):
+    documents, questions = _sample_texts()
+    # Long texts (up to the 256-token limit) accumulate the most bfloat16 rounding.
+    documents = documents + [" ".join(documents[i:i + 8]) for i in range(0, len(documents), 8)]
+    reference_documents = minilm.encode_documents(documents)
+    fast_documents = minilm_bf16.encode_documents(documents)
+    assert fast_documents.dtype == np.float32 and fast_documents.shape == reference_documents.shape
+    np.testing.assert_allclose(np.linalg.norm(fast_documents, axis=1), 1.0, atol=1e-5)
+    assert _cosines(fast_documents, reference_documents).min() > 0.999
+    fast_queries = minilm_bf16.encode_queries(questions)
+    assert _cosines(fast_queries, minilm.encode_queries(questions)).min() > 0.999
+    # Same ranking on the sample corpus for every question.
+    assert ((fast_queries @ fast_documents.T).argmax(1) == (fast_queries @ reference_documents.T).argmax(1)).all()
+
+
+def test_backend_does_not_change_the_fingerprint(minilm, minilm_bf16):
+    # Same weights, same space: a torch-built index is queried by the fast encoder and vice versa.
+    assert minilm_bf16.fingerprint == minilm.fingerprint
+
+
+def test_asymmetric_model_runs_both_towers_through_openvino(asymmetric_model_dir):
+    # backend="openvino" (float32) here, so both towers are checked against torch to rounding error.
+    documents, questions = _sample_texts()
+    reference = DualEncoder(str(asymmetric_model_dir))
+    fast = DualEncoder({"model": str(asymmetric_model_dir), "backend": "openvino"})
+    assert fast.is_asymmetric
+    assert fast.model[0].sub_modules["query"][0].forward is not fast.model[0].sub_modules["document"][0].forward
+    np.testing.assert_allclose(fast.encode_queries(questions), reference.encode_queries(questions), atol=1e-4)
+    np.testing.assert_allclose(fast.encode_documents(documents), reference.encode_documents(documents), atol=1e-4)
+    assert fast.fingerprint == reference.fingerprint
+
+
+def test_models_that_do_not_start_with_a_transformer_are_refused(tmp_path):
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import StaticEmbedding
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+
+    tokenizer = Tokenizer(WordLevel({"[UNK]": 0, "tides": 1, "moon": 2}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = Whitespace()
+    static = SentenceTransformer(modules=[StaticEmbedding(tokenizer, embedding_dim=8)], device="cpu")
+    static.save(str(tmp_path / "static"))
+    with pytest.raises(ConfigurationError, match="StaticEmbedding. Use backend='torch'"):
+        DualEncoder({"model": str(tmp_path / "static"), "backend": "openvino-bf16"}).load()
