@@ -54,6 +54,7 @@ CHECKPOINTS_FOLDER = "checkpoints"
 DEV_METRICS = {"ndcg@10": "cosine_ndcg@10", "recall@100": "cosine_recall@100", "mrr@10": "cosine_mrr@10"}
 _DEV_NAME = "dev"
 _HARD_DISTRACTORS_PER_DEV_QUERY = 10
+_DISTILLATION_OPENING_WORDS = 24
 
 
 @dataclass(frozen=True)
@@ -250,7 +251,7 @@ def _datasets_and_losses(config: TrainingConfig, built: TrainingModel, data: Tra
         )
         router_mapping["contrastive"] = {name: "query" if name == "anchor" else "document" for name in columns}
     if config.architecture == "light-query" and config.light_query_objective in ("distill", "both"):
-        query_texts = sorted({data.queries[p.query_id] for p in data.pairs})
+        query_texts = _distillation_texts(data)
         teacher = built.base.encode_query(
             query_texts, prompt=built.base.prompts.get("query", "") or "", convert_to_numpy=True,
             show_progress_bar=False,
@@ -259,6 +260,15 @@ def _datasets_and_losses(config: TrainingConfig, built: TrainingModel, data: Tra
         losses["distill"] = build_distillation_loss(built.model)
         router_mapping["distill"] = {"query": "query"}
     return datasets, losses, router_mapping
+
+
+def _distillation_texts(data: TrainingData) -> list[str]:
+    """The training queries, plus the opening words of every document: distillation needs query-like text,
+    not labels, and short document openings (titles, first sentences) teach the light tower the corpus's
+    vocabulary at almost no cost."""
+    queries = {data.queries[p.query_id] for p in data.pairs}
+    openings = {" ".join(text.split()[:_DISTILLATION_OPENING_WORDS]) for text in data.documents.values()}
+    return sorted(queries | openings)
 
 
 def _pair_columns(config: TrainingConfig, data: TrainingData) -> dict[str, list[str]]:
@@ -318,7 +328,7 @@ def _dataset_sizes(config: TrainingConfig, data: TrainingData) -> list[int]:
     if not (config.architecture == "light-query" and config.light_query_objective == "distill"):
         sizes.append(len(data.pairs))
     if config.architecture == "light-query" and config.light_query_objective in ("distill", "both"):
-        sizes.append(len({data.queries[p.query_id] for p in data.pairs}))
+        sizes.append(len(_distillation_texts(data)))
     return sizes
 
 
