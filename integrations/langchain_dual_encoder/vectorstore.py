@@ -55,7 +55,9 @@ class DualEncoderVectorStore(VectorStore):
     def add_texts(
         self, texts: Iterable[str], metadatas: list[dict] | None = None, *, ids: list[str] | None = None, **kwargs: Any
     ) -> list[str]:
-        """Embed and upsert texts; returns their ids. Re-adding unchanged texts does not re-encode them."""
+        """Embed and upsert texts (a text with an existing id overwrites it); returns their ids. Every text is
+        encoded, also when it is unchanged: use `dual-encoder index` (which skips unchanged documents) for
+        large re-indexing runs."""
         texts = list(texts)
         metadatas = metadatas or [{} for _ in texts]
         ids = ids or [str(uuid.uuid4()) for _ in texts]
