@@ -230,9 +230,14 @@ class WeaviateServer:
         raise WeaviateServerError(f"weaviate-server did not become ready within {timeout:.0f} s. Log:\n{self.log_tail()}")
 
     def is_ready(self) -> bool:
+        """REST reports ready *and* the gRPC port accepts connections: after a restart the REST endpoint can
+        be ready a moment before gRPC listens, and the Python client needs both."""
         try:
             with urllib.request.urlopen(f"{self.url}/v1/.well-known/ready", timeout=2) as response:
-                return response.status == 200
+                if response.status != 200:
+                    return False
+            with socket.create_connection(("127.0.0.1", self.ports.grpc), timeout=2):
+                return True
         except (urllib.error.URLError, OSError):
             return False
 
