@@ -129,7 +129,7 @@ def main() -> None:
         "targets": {"speedup": ">= 4x fp32 docs/s", "ndcg@10": "within 0.005 of fp32 (0.6451)"},
         "openvino": _openvino_facts(),
     }
-    path = write_result("fast_encoding", result)
+    path = write_result("fast_encoding" if args.backend == FAST else f"fast_encoding_{args.backend.replace('-', '_')}", result)
     print(f"\nfp32 {rates['fp32']:.1f} docs/s, {args.backend} {rates[args.backend]:.1f} docs/s: "
           f"{result['speedup']}x; cosine min {cosines.min():.6f}; nDCG@10 {quality or ''} "
           f"(end to end {result['ndcg@10_end_to_end']}); query p50 "

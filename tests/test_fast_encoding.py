@@ -39,7 +39,7 @@ def test_backend_round_trips_and_defaults_to_torch():
 
 @pytest.mark.parametrize("backend", ["bf16", "onnx", "OpenVINO", None])
 def test_unknown_backend_is_refused_with_the_allowed_values(backend):
-    with pytest.raises(ConfigurationError, match=r"backend must be one of \('torch', 'openvino', 'openvino-bf16'\)"):
+    with pytest.raises(ConfigurationError, match=r"backend must be one of \('torch', 'openvino', 'openvino-bf16', 'openvino-int8'\)"):
         EncoderConfig(backend=backend)
 
 
@@ -70,6 +70,28 @@ def test_bf16_embeddings_match_float32_on_real_text(minilm, minilm_bf16):
     assert _cosines(fast_queries, minilm.encode_queries(questions)).min() > 0.999
     # Same ranking on the sample corpus for every question.
     assert ((fast_queries @ fast_documents.T).argmax(1) == (fast_queries @ reference_documents.T).argmax(1)).all()
+
+
+def test_int8_embeddings_stay_close_to_float32_and_rank_the_same(minilm):
+    from dual_encoder.acceleration import INT8_ACTIVATION_GROUP
+
+    documents, questions = _sample_texts()
+    documents = documents + [" ".join(documents[i:i + 8]) for i in range(0, len(documents), 8)]
+    int8 = DualEncoder({"model": "all-MiniLM-L6-v2", "backend": "openvino-int8"}).load()
+    assert int8.model is not minilm.model and int8.fingerprint == minilm.fingerprint
+    runtime = int8.model[0].forward.compiled
+    assert runtime.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE") == INT8_ACTIVATION_GROUP
+    # The fully connected layers really run in int8 (not silently left in floating point).
+    layers = [op.get_rt_info() for op in runtime.get_runtime_model().get_ordered_ops()]
+    fully_connected = [info for info in layers if info["layerType"].astype(str) == "FullyConnected"]
+    assert len(fully_connected) == 36
+    assert {info["runtimePrecision"].astype(str) for info in fully_connected} == {"i8"}
+    reference_documents = minilm.encode_documents(documents)
+    fast_documents = int8.encode_documents(documents)
+    assert _cosines(fast_documents, reference_documents).min() > 0.995
+    fast_queries = int8.encode_queries(questions)
+    assert _cosines(fast_queries, minilm.encode_queries(questions)).min() > 0.995
+    assert ((fast_queries @ fast_documents.T).argmax(1) == (fast_queries @ reference_documents.T).argmax(1)).mean() >= 0.95
 
 
 def test_backend_does_not_change_the_fingerprint(minilm, minilm_bf16):

@@ -186,6 +186,40 @@ def test_hard_negatives_never_include_a_positive_and_come_from_the_window(title_
     assert notes == []
 
 
+def test_training_view_of_documents_is_cut_to_the_token_budget_and_the_model_keeps_its_limit(title_pairs):
+    from dual_encoder.training.trainer import _with_documents_cut
+
+    data = load_training_data(title_pairs)
+    built = build_training_model(TrainingConfig(data=title_pairs, output="unused", loss="mnrl"))
+    tokenizer = built.model[0].tokenizer
+    cut = _with_documents_cut(data, built.model, 12)
+    assert cut.pairs == data.pairs and cut.queries == data.queries
+    for document_id, text in data.documents.items():
+        short = cut.documents[document_id]
+        assert text.startswith(short) and short.strip()
+        assert len(tokenizer(short, add_special_tokens=False)["input_ids"]) <= 12
+        if len(tokenizer(text, add_special_tokens=False)["input_ids"]) > 12:
+            assert len(short) < len(text)
+    assert built.model.max_seq_length == 256
+
+
+def test_distillation_texts_are_queries_plus_query_sized_document_pieces(title_pairs, monkeypatch):
+    from dual_encoder.training import trainer
+
+    data = load_training_data(title_pairs)
+    texts = trainer._distillation_texts(data, seed=3)
+    queries = {data.queries[p.query_id] for p in data.pairs}
+    assert queries <= set(texts) and len(texts) == len(set(texts))
+    pieces = [text for text in texts if text not in queries]
+    assert len(pieces) > len(data.documents)  # openings and sentences, not just one piece per document
+    assert all(len(text.split()) <= trainer._DISTILLATION_OPENING_WORDS for text in pieces)
+    assert all(any(text in document for document in data.documents.values()) for text in pieces[:50])
+    monkeypatch.setattr(trainer, "_DISTILLATION_MAX_TEXTS", len(queries) + 5)
+    capped = trainer._distillation_texts(data, seed=3)
+    assert queries <= set(capped) and len(capped) == len(queries) + 5
+    assert capped == trainer._distillation_texts(data, seed=3)
+
+
 def test_mixed_pairs_and_triplets_without_mining_are_refused(tmp_path):
     path = _write_lines(tmp_path / "pairs.jsonl", [
         {"query": "q1", "positive": "doc one", "negative": "doc two"},
@@ -230,7 +264,9 @@ def test_siamese_training_lowers_the_loss_and_keeps_one_set_of_weights(tmp_path_
 
 @pytest.mark.parametrize("architecture", ["asymmetric", "asymmetric-shared-projection", "asymmetric-frozen-embeddings"])
 def test_asymmetric_training_lowers_the_loss_and_unties_the_towers(tmp_path_factory, title_pairs, base_loss, architecture):
-    result, encoder = _trained(tmp_path_factory, title_pairs, architecture)
+    # The plain asymmetric run also covers the cached loss (the others use the default, mnrl).
+    loss = "cached-mnrl" if architecture == "asymmetric" else "mnrl"
+    result, encoder = _trained(tmp_path_factory, title_pairs, architecture, loss=loss)
     assert _ranking_loss(encoder, title_pairs) < base_loss
     assert encoder.is_asymmetric
     query_parameters, document_parameters = _query_and_document_parameters(encoder.model)

@@ -27,7 +27,11 @@ from dual_encoder.errors import DualEncoderError
 from dual_encoder.index import EmbeddedIndex, SearchHit
 from dual_encoder.search import ENCODER_METADATA_KEY, index_documents, search
 from dual_encoder.sources import read_documents
+from dual_encoder.training.config import TrainingConfig
 from dual_encoder.weaviate_server import WEAVIATE_VERSION, WeaviateServer, WeaviateServerError, binary_path
+
+# The train command's defaults are TrainingConfig's own (chosen on a dev slice), so the two never drift apart.
+_TRAINING_DEFAULTS = TrainingConfig.defaults()
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Dual-encoder retrieval: index and search text.")
 console = Console()
@@ -40,7 +44,7 @@ ModelOption = Annotated[
 
 BackendOption = Annotated[
     Optional[str],
-    typer.Option(help="torch (float32, default) | openvino | openvino-bf16 (about 4x faster on CPUs with bf16; same space)."),
+    typer.Option(help="torch (float32, default) | openvino | openvino-bf16 (about 4x faster on CPUs with bf16) | openvino-int8 (faster again); same space."),
 ]
 
 
@@ -203,11 +207,14 @@ def train_command(
     model: Annotated[str, typer.Option("--model", "-m", help="Base model to start from.")] = "all-MiniLM-L6-v2",
     architecture: Annotated[str, typer.Option(help="siamese | asymmetric | asymmetric-shared-projection | asymmetric-frozen-embeddings | light-query")] = "siamese",
     query_model: Annotated[Optional[str], typer.Option(help="Asymmetric architectures: start the query tower from this model.")] = None,
-    loss: Annotated[str, typer.Option(help="cached-mnrl | mnrl | triplet")] = "cached-mnrl",
-    epochs: Annotated[float, typer.Option(help="Passes over the training pairs.")] = 3.0,
-    learning_rate: Annotated[float, typer.Option(help="Peak learning rate (linear warm-up, then linear decay).")] = 5e-5,
-    batch_size: Annotated[int, typer.Option(help="Pairs per step (each query's in-batch negatives).")] = 64,
-    mini_batch_size: Annotated[int, typer.Option(help="Texts per forward pass for cached-mnrl (memory, not results).")] = 16,
+    loss: Annotated[str, typer.Option(help="mnrl | cached-mnrl | triplet")] = _TRAINING_DEFAULTS.loss,
+    epochs: Annotated[float, typer.Option(help="Passes over the training pairs.")] = _TRAINING_DEFAULTS.epochs,
+    learning_rate: Annotated[float, typer.Option(
+        help="Peak learning rate (linear warm-up, then linear decay).")] = _TRAINING_DEFAULTS.learning_rate,
+    batch_size: Annotated[int, typer.Option(
+        help="Pairs per step (each query's in-batch negatives).")] = _TRAINING_DEFAULTS.batch_size,
+    mini_batch_size: Annotated[int, typer.Option(
+        help="Texts per forward pass for cached-mnrl (memory, not results).")] = _TRAINING_DEFAULTS.mini_batch_size,
     hard_negatives: Annotated[int, typer.Option(help="Hard negatives mined per pair with the base model (0: none).")] = 1,
     negative_ranks: Annotated[str, typer.Option(help="Rank window FIRST:LAST the hard negatives are drawn from.")] = "10:50",
     query_layers: Annotated[int, typer.Option(help="light-query: layers the query tower keeps.")] = 3,
@@ -215,9 +222,13 @@ def train_command(
     split: Annotated[str, typer.Option(help="BEIR split to train on.")] = "train",
     dev_split: Annotated[Optional[str], typer.Option(help="BEIR split to evaluate on during training (default: hold out --dev-fraction of train).")] = None,
     dev_fraction: Annotated[float, typer.Option(help="Share of training queries held out for evaluation.")] = 0.1,
-    eval_corpus_size: Annotated[int, typer.Option(help="Documents the dev evaluation searches (0: the whole corpus).")] = 2000,
+    eval_corpus_size: Annotated[int, typer.Option(
+        help="Documents the dev evaluation searches (0: the whole corpus).")] = _TRAINING_DEFAULTS.eval_corpus_size,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps.")] = None,
     max_seq_length: Annotated[Optional[int], typer.Option(help="Token limit while training and for the saved model.")] = None,
+    train_document_tokens: Annotated[int, typer.Option(
+        help="Train on only the first N tokens of each document (faster steps; 0: all of them); the saved model "
+        "keeps its full limit.")] = _TRAINING_DEFAULTS.train_document_tokens,
     query_prompt: Annotated[Optional[str], typer.Option(help="Prompt for queries, saved with the model.")] = None,
     document_prompt: Annotated[Optional[str], typer.Option(help="Prompt for documents, saved with the model.")] = None,
     precision: Annotated[str, typer.Option(help="fp32 | bf16 (mixed precision on CPUs that support it).")] = "fp32",
@@ -225,7 +236,7 @@ def train_command(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
 ) -> None:
     """Fine-tune a dual encoder (Siamese or asymmetric) and save it with a model card and a training report."""
-    from dual_encoder.training import TrainingConfig, train
+    from dual_encoder.training import train
 
     try:
         first, last = (int(part) for part in negative_ranks.split(":"))
@@ -237,6 +248,7 @@ def train_command(
         hard_negatives=hard_negatives, negative_rank_range=(first, last), query_layers=query_layers,
         light_query_objective=light_query_objective, split=split, dev_split=dev_split, dev_fraction=dev_fraction,
         eval_corpus_size=eval_corpus_size or None, max_steps=max_steps, max_seq_length=max_seq_length,
+        train_document_tokens=train_document_tokens or None,
         query_prompt=query_prompt, document_prompt=document_prompt, precision=precision, seed=seed,
         progress_bar=progress,
     )

@@ -13,7 +13,7 @@ Example::
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,10 @@ class TrainingConfig:
     :param dev_split: Name of a BEIR split used for evaluation instead of a held-out slice (e.g. ``dev``).
     :param eval_corpus_size: Documents the dev evaluation searches: the dev positives plus distractors up to
         this many (``None``: the whole corpus).
+    :param train_document_tokens: Train on only the first this-many tokens of each document (``None``: the
+        tower's own limit; 192 by default). On a CPU, document tokens are most of a step's cost, so a shorter training view
+        buys more steps in the same time; the saved model keeps its full limit, and the dev evaluation and
+        every later index use it.
     """
 
     data: str | Path
@@ -67,10 +71,10 @@ class TrainingConfig:
     query_model: str | None = None
     query_layers: int = 3
     light_query_objective: str = "both"
-    loss: str = "cached-mnrl"
-    epochs: float = 3.0
-    learning_rate: float = 5e-5
-    batch_size: int = 64
+    loss: str = "mnrl"
+    epochs: float = 4.0
+    learning_rate: float = 1e-4
+    batch_size: int = 32
     mini_batch_size: int = 16
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
@@ -81,10 +85,11 @@ class TrainingConfig:
     split: str = "train"
     dev_split: str | None = None
     dev_fraction: float = 0.1
-    eval_corpus_size: int | None = 2000
+    eval_corpus_size: int | None = 1000
     evaluations_per_epoch: int = 1
     max_steps: int | None = None
     max_seq_length: int | None = None
+    train_document_tokens: int | None = 192
     query_prompt: str | None = None
     document_prompt: str | None = None
     precision: str = "fp32"
@@ -95,6 +100,13 @@ class TrainingConfig:
     def __post_init__(self) -> None:
         self.negative_rank_range = tuple(self.negative_rank_range)  # type: ignore[assignment]
         self.validate()
+
+    @classmethod
+    def defaults(cls) -> Any:
+        """The default of every option that has one, as attributes (``TrainingConfig.defaults().epochs``)."""
+        from types import SimpleNamespace
+
+        return SimpleNamespace(**{f.name: f.default for f in fields(cls) if f.default is not MISSING})
 
     def validate(self) -> None:
         """Refuse impossible settings before anything expensive happens."""
@@ -110,6 +122,8 @@ class TrainingConfig:
             _positive_int("max_steps", self.max_steps)
         if self.eval_corpus_size is not None:
             _positive_int("eval_corpus_size", self.eval_corpus_size)
+        if self.train_document_tokens is not None:
+            _positive_int("train_document_tokens", self.train_document_tokens)
         if not self.epochs > 0:
             raise ConfigurationError(f"epochs must be above 0, got {self.epochs!r}.")
         if not 0 < self.learning_rate < 1:

@@ -23,8 +23,10 @@ import logging
 import math
 import os
 import platform
+import random
+import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,8 @@ DEV_METRICS = {"ndcg@10": "cosine_ndcg@10", "recall@100": "cosine_recall@100", "
 _DEV_NAME = "dev"
 _HARD_DISTRACTORS_PER_DEV_QUERY = 10
 _DISTILLATION_OPENING_WORDS = 24
+#: At most this many texts (queries first, then document pieces) per distillation epoch.
+_DISTILLATION_MAX_TEXTS = 20_000
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,8 @@ def train(config: TrainingConfig | dict[str, Any]) -> TrainingResult:
         notes += mining_notes
     timings["mining_seconds"] = time.perf_counter() - mark
 
+    if config.train_document_tokens is not None:
+        train_data = _with_documents_cut(train_data, built.model, config.train_document_tokens)
     datasets, losses, router_mapping = _datasets_and_losses(config, built, train_data)
     _apply_routes_and_prompts(args, config, router_mapping)
     evaluator = _dev_evaluator(config, dev_data, rankings) if dev_data is not None else None
@@ -251,7 +257,7 @@ def _datasets_and_losses(config: TrainingConfig, built: TrainingModel, data: Tra
         )
         router_mapping["contrastive"] = {name: "query" if name == "anchor" else "document" for name in columns}
     if config.architecture == "light-query" and config.light_query_objective in ("distill", "both"):
-        query_texts = _distillation_texts(data)
+        query_texts = _distillation_texts(data, config.seed)
         teacher = built.base.encode_query(
             query_texts, prompt=built.base.prompts.get("query", "") or "", convert_to_numpy=True,
             show_progress_bar=False,
@@ -262,13 +268,54 @@ def _datasets_and_losses(config: TrainingConfig, built: TrainingModel, data: Tra
     return datasets, losses, router_mapping
 
 
-def _distillation_texts(data: TrainingData) -> list[str]:
-    """The training queries, plus the opening words of every document: distillation needs query-like text,
-    not labels, and short document openings (titles, first sentences) teach the light tower the corpus's
-    vocabulary at almost no cost."""
+def _with_documents_cut(data: TrainingData, model: Any, tokens: int) -> TrainingData:
+    """``data`` with every document cut to its first ``tokens`` tokens (by the document tower's tokenizer).
+
+    The text is cut rather than the model's limit lowered, so the model itself (its dev evaluation, what it
+    saves) keeps the limit it has at inference.
+    """
+    tokenizer = _document_tokenizer(model)
+    ids = sorted(data.documents)
+    encoded = tokenizer(
+        [data.documents[i] for i in ids], add_special_tokens=False, truncation=True, max_length=tokens,
+        return_offsets_mapping=True, return_attention_mask=False, return_token_type_ids=False, verbose=False,
+    )
+    documents = {
+        document_id: data.documents[document_id][: offsets[-1][1]] if offsets else data.documents[document_id]
+        for document_id, offsets in zip(ids, encoded["offset_mapping"])
+    }
+    return replace(data, documents=documents)
+
+
+def _document_tokenizer(model: Any) -> Any:
+    from sentence_transformers.base.modules import Router
+
+    first = model[0]
+    if isinstance(first, Router):
+        first = first.sub_modules["document"][0]
+    return first.tokenizer
+
+
+def _distillation_texts(data: TrainingData, seed: int) -> list[str]:
+    """The training queries, plus query-sized pieces of the documents: distillation needs query-like text, not
+    labels. Each document gives its opening and its sentences (each cut to a query's length), which teaches
+    the light tower the corpus's vocabulary at little cost; beyond :data:`_DISTILLATION_MAX_TEXTS` a seeded
+    sample of the pieces is kept, so a large corpus does not turn distillation into the whole run."""
     queries = {data.queries[p.query_id] for p in data.pairs}
-    openings = {" ".join(text.split()[:_DISTILLATION_OPENING_WORDS]) for text in data.documents.values()}
-    return sorted(queries | openings)
+    pieces: set[str] = set()
+    for text in data.documents.values():
+        words = text.split()
+        pieces.add(" ".join(words[:_DISTILLATION_OPENING_WORDS]))
+        for sentence in re.split(r"(?<=[.!?])\s+", text):
+            sentence_words = sentence.split()
+            if len(sentence_words) >= 4:
+                pieces.add(" ".join(sentence_words[:_DISTILLATION_OPENING_WORDS]))
+    pieces -= queries
+    budget = max(0, _DISTILLATION_MAX_TEXTS - len(queries))
+    kept = sorted(pieces)
+    if len(kept) > budget:
+        kept = sorted(random.Random(seed).sample(kept, budget))
+    return sorted(queries) + kept
 
 
 def _pair_columns(config: TrainingConfig, data: TrainingData) -> dict[str, list[str]]:
@@ -328,7 +375,7 @@ def _dataset_sizes(config: TrainingConfig, data: TrainingData) -> list[int]:
     if not (config.architecture == "light-query" and config.light_query_objective == "distill"):
         sizes.append(len(data.pairs))
     if config.architecture == "light-query" and config.light_query_objective in ("distill", "both"):
-        sizes.append(len(_distillation_texts(data)))
+        sizes.append(len(_distillation_texts(data, config.seed)))
     return sizes
 
 
