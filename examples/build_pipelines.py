@@ -47,8 +47,13 @@ def weaviate_store() -> DualEncoderWeaviateDocumentStore:
 def build_indexing_pipeline(store_path: str = STORE_PATH, *, weaviate: bool = False) -> Pipeline:
     store = weaviate_store() if weaviate else EmbeddedDocumentStore(path=store_path)
     pipeline = Pipeline()
+    # The embedder reads the store (never writes it) to reuse the embeddings of unchanged documents, so
+    # running this pipeline again over the same corpus encodes nothing.
     pipeline.add_component(
-        "embedder", DualEncoderDocumentEmbedder(encoder=ENCODER, meta_fields_to_embed=["title"], progress_bar=True)
+        "embedder",
+        DualEncoderDocumentEmbedder(
+            encoder=ENCODER, meta_fields_to_embed=["title"], progress_bar=True, document_store=store
+        ),
     )
     # OVERWRITE keeps re-indexing idempotent, and on Weaviate it is the policy that uses the batch API.
     pipeline.add_component("writer", DocumentWriter(document_store=store, policy=DuplicatePolicy.OVERWRITE))

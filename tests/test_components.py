@@ -96,6 +96,63 @@ def test_unchanged_documents_are_not_encoded_again(embedded_docs, monkeypatch):
     assert result[1].meta[EMBEDDED_INPUT_META_KEY] != embedded_docs[1].meta[EMBEDDED_INPUT_META_KEY]
 
 
+def _counting_encoder_calls(embedder, monkeypatch) -> list[str]:
+    embedder.warm_up()
+    encoded: list[str] = []
+    original = embedder.encoder.encode_documents
+    monkeypatch.setattr(
+        embedder.encoder, "encode_documents", lambda texts, **kw: encoded.extend(texts) or original(texts, **kw)
+    )
+    return encoded
+
+
+@pytest.mark.parametrize("store_kind", ["embedded", "in-memory"])
+def test_documents_fresh_from_a_converter_reuse_stored_embeddings(store_kind, tmp_path, embedded_docs, monkeypatch):
+    from dataclasses import replace
+
+    if store_kind == "embedded":
+        store = EmbeddedDocumentStore(path=str(tmp_path / "store"))
+    else:
+        store = InMemoryDocumentStore(index=f"reuse-{tmp_path.name}")
+    store.write_documents(embedded_docs)
+    embedder = DualEncoderDocumentEmbedder(progress_bar=False, document_store=store)
+    encoded = _counting_encoder_calls(embedder, monkeypatch)
+    edited = replace(DOCS[1], content="A sourdough starter needs rye flour.")
+    new = Document(id="comets", content="Comets grow tails when they come close to the Sun.")
+    # As a converter would emit them: same ids, no embeddings, no fingerprint meta.
+    result = embedder.run(documents=[DOCS[0], edited, DOCS[2], new])["documents"]
+    assert encoded == [edited.content, new.content]
+    np.testing.assert_allclose(result[0].embedding, embedded_docs[0].embedding, atol=1e-6)
+    np.testing.assert_allclose(result[2].embedding, embedded_docs[2].embedding, atol=1e-6)
+    assert result[0].meta == embedded_docs[0].meta
+    assert result[1].meta[EMBEDDED_INPUT_META_KEY] != embedded_docs[1].meta[EMBEDDED_INPUT_META_KEY]
+    assert all(doc.embedding is not None for doc in result)
+
+
+def test_stored_embeddings_of_another_encoder_are_not_reused(tmp_path, other_space_model_dir, embedded_docs, monkeypatch):
+    store = EmbeddedDocumentStore(path=str(tmp_path / "store"))
+    store.write_documents(embedded_docs)
+    embedder = DualEncoderDocumentEmbedder(encoder=str(other_space_model_dir), progress_bar=False, document_store=store)
+    encoded = _counting_encoder_calls(embedder, monkeypatch)
+    result = embedder.run(documents=DOCS)["documents"]
+    assert encoded == [doc.content for doc in DOCS]
+    assert result[0].meta[DOCUMENT_SPACE_META_KEY] != embedded_docs[0].meta[DOCUMENT_SPACE_META_KEY]
+
+
+def test_an_unreadable_document_store_fails_before_encoding(monkeypatch):
+    from dual_encoder.errors import DualEncoderError
+
+    class UnreachableStore(InMemoryDocumentStore):
+        def filter_documents(self, filters=None):
+            raise ConnectionError("connection refused")
+
+    embedder = DualEncoderDocumentEmbedder(progress_bar=False, document_store=UnreachableStore())
+    encoded = _counting_encoder_calls(embedder, monkeypatch)
+    with pytest.raises(DualEncoderError, match="could not read the stored versions of 3 document.*connection refused"):
+        embedder.run(documents=DOCS)
+    assert encoded == []
+
+
 def test_text_embedder_uses_the_query_tower(asymmetric_model_dir):
     from dual_encoder.encoder import DualEncoder
 
@@ -236,9 +293,20 @@ def test_document_embedder_round_trips_every_parameter():
     )
     data = component.to_dict()
     assert data["init_parameters"] == {
-        "encoder": ENCODER, "meta_fields_to_embed": ["title"], "embedding_separator": " ", "progress_bar": False
+        "encoder": ENCODER, "meta_fields_to_embed": ["title"], "embedding_separator": " ", "progress_bar": False,
+        "document_store": None,
     }
     assert DualEncoderDocumentEmbedder.from_dict(data).to_dict() == data
+
+
+def test_document_embedder_round_trips_its_document_store(tmp_path):
+    component = DualEncoderDocumentEmbedder(document_store=EmbeddedDocumentStore(path=str(tmp_path)))
+    data = component.to_dict()
+    assert data["init_parameters"]["document_store"]["init_parameters"]["path"] == str(tmp_path)
+    restored = DualEncoderDocumentEmbedder.from_dict(data)
+    assert isinstance(restored.document_store, EmbeddedDocumentStore) and restored.to_dict() == data
+    with pytest.raises(TypeError, match="document_store must be a Haystack document store"):
+        DualEncoderDocumentEmbedder(document_store="my-index")
 
 
 def test_text_embedder_round_trips_every_parameter():

@@ -32,6 +32,39 @@ def test_asymmetric_model_uses_different_towers(asymmetric_model_dir, minilm):
     np.testing.assert_allclose(document, minilm.encode_documents([TEXT])[0], atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["siamese-with-prompts", "asymmetric"])
+def test_batches_run_here_match_sentence_transformers_encode(kind, asymmetric_model_dir):
+    """Our batch loop skips ST's encode set-up; the vectors must be the ones encode_query/encode_document give."""
+    if kind == "asymmetric":
+        encoder = DualEncoder(str(asymmetric_model_dir))
+    else:
+        encoder = DualEncoder({"model": "all-MiniLM-L6-v2", "query_prompt": "query: ", "normalize": True})
+    queries = [TEXT, "Why is the sky blue?", "tides"]
+    expected = encoder.model.encode_query(
+        queries, prompt=encoder.query_prompt, convert_to_numpy=True, normalize_embeddings=True
+    )
+    direct = encoder.encode_queries(queries)
+    assert direct.dtype == np.float32 and direct.flags["C_CONTIGUOUS"]
+    np.testing.assert_allclose(direct, expected, atol=1e-6)
+    np.testing.assert_allclose(encoder.encode_query(queries[1]), expected[1], atol=1e-6)
+    np.testing.assert_allclose(encoder.encode_queries(queries, progress_bar=True), expected, atol=1e-6)
+    documents = [TEXT * (1 + i % 4) + f" Document {i}." for i in range(23)]
+    expected_documents = encoder.model.encode_document(
+        documents, prompt=encoder.document_prompt, convert_to_numpy=True, normalize_embeddings=True
+    )
+    small_batches = DualEncoder({**encoder.config.to_dict(), "batch_size": 4})
+    for tokenize_ahead in (False, True):  # ST's encode (torch's default) and our loop (the OpenVINO default)
+        small_batches._tokenize_ahead = tokenize_ahead
+        np.testing.assert_allclose(small_batches.encode_documents(documents), expected_documents, atol=1e-5)
+        np.testing.assert_allclose(small_batches.encode_queries(queries * 3), np.tile(expected, (3, 1)), atol=1e-5)
+    # A model someone switched to training mode (dropout on) goes through ST's encode, which restores eval.
+    encoder.model.train()
+    try:
+        np.testing.assert_allclose(encoder.encode_queries(queries), expected, atol=1e-6)
+    finally:
+        encoder.model.eval()
+
+
 def test_vectors_are_float32_unit_length(minilm):
     vectors = minilm.encode_documents([TEXT, "Another document."])
     assert vectors.dtype == np.float32 and vectors.shape == (2, 384)

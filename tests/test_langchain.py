@@ -124,6 +124,27 @@ def test_mismatched_encoder_and_dimension_are_refused(embeddings, other_space_mo
         DualEncoderVectorStore(embeddings, store).similarity_search_by_vector([0.1] * 8)
 
 
+def test_re_adding_unchanged_texts_with_their_ids_encodes_only_the_changed_ones(monkeypatch):
+    embeddings = DualEncoderEmbeddings("all-MiniLM-L6-v2")
+    vectorstore = DualEncoderVectorStore(embeddings, EmbeddedDocumentStore())
+    add_all(vectorstore)
+    before = {doc.id: doc.embedding for doc in vectorstore.document_store.filter_documents()}
+    encoded = []
+    original = embeddings.encoder.encode_documents
+    monkeypatch.setattr(
+        embeddings.encoder, "encode_documents", lambda texts, **kw: encoded.extend(texts) or original(texts, **kw)
+    )
+    texts = [t for t, _ in TEXTS.values()]
+    texts[1] = "Corals bleach in marine heatwaves."
+    vectorstore.add_texts(texts, [m for _, m in TEXTS.values()], ids=list(TEXTS))
+    assert encoded == ["Corals bleach in marine heatwaves."]
+    after = {doc.id: doc.embedding for doc in vectorstore.document_store.filter_documents()}
+    assert after["tides"] == pytest.approx(before["tides"], abs=1e-6)
+    assert after["coral"] != pytest.approx(before["coral"], abs=1e-3)
+    vectorstore.add_texts(["Brand new text."])  # no ids: new random ids, encoded without a lookup
+    assert encoded[-1] == "Brand new text."
+
+
 def test_unreachable_weaviate_and_refused_objects(embeddings, weaviate_env, collection_name):
     from dual_encoder.weaviate_server import free_port
     from haystack_integrations.document_stores.dual_encoder.weaviate_store import PartialWriteError, WeaviateUnavailableError
@@ -131,6 +152,8 @@ def test_unreachable_weaviate_and_refused_objects(embeddings, weaviate_env, coll
     down = DualEncoderWeaviateDocumentStore(url=f"http://127.0.0.1:{free_port()}", grpc_port=free_port(), timeout=2)
     with pytest.raises(WeaviateUnavailableError, match="Cannot use Weaviate"):
         DualEncoderVectorStore(embeddings, down).add_texts(["hello"])
+    with pytest.raises(WeaviateUnavailableError, match="Cannot use Weaviate"):  # the unchanged-text lookup
+        DualEncoderVectorStore(embeddings, down).add_texts(["hello"], ids=["greeting"])
     store = DualEncoderWeaviateDocumentStore(collection_name=collection_name, meta_fields={"year": "int"})
     with pytest.raises(PartialWriteError) as error:
         DualEncoderVectorStore(embeddings, store).add_texts(["ok", "bad"], [{"year": 1}, {"year": "nope"}], ids=["a", "b"])

@@ -25,6 +25,12 @@ def test_yaml_pipelines_index_and_answer_with_default_settings(tmp_path, monkeyp
     written = indexing.run({"embedder": {"documents": builders.sample_documents()}})
     assert written["writer"]["documents_written"] == 30
     assert (tmp_path / "dual-encoder-index" / "manifest.json").exists()
+    # A second run over the unchanged corpus, as a fresh process would load it: nothing is encoded again.
+    again = Pipeline.loads((EXAMPLES / "indexing_pipeline.yaml").read_text())
+    encoded = []
+    monkeypatch.setattr(again.get_component("embedder").encoder, "encode_documents", lambda texts, **kw: encoded.extend(texts))
+    assert again.run({"embedder": {"documents": builders.sample_documents()}})["writer"]["documents_written"] == 30
+    assert encoded == []
 
     query = Pipeline.loads((EXAMPLES / "query_pipeline.yaml").read_text())
     question = "Why do we have summer and winter?"

@@ -239,7 +239,7 @@ def test_api_key_authentication(tmp_path, monkeypatch, corpus_documents):
         server.stop()
 
 
-def test_weaviate_yaml_pipelines_run_with_env_secrets(weaviate_env):
+def test_weaviate_yaml_pipelines_run_with_env_secrets(weaviate_env, monkeypatch):
     import importlib.util
     from pathlib import Path
 
@@ -252,6 +252,13 @@ def test_weaviate_yaml_pipelines_run_with_env_secrets(weaviate_env):
     assert yaml.safe_load(text) == builders.build_indexing_pipeline(weaviate=True).to_dict()
     indexing = Pipeline.loads(text)
     assert indexing.run({"embedder": {"documents": builders.sample_documents()}})["writer"]["documents_written"] == 30
+    # Running it again over the unchanged corpus reads the stored embeddings back from Weaviate: nothing is
+    # encoded, and the same 30 documents are written with the same vectors.
+    embedder = indexing.get_component("embedder")
+    encoded = []
+    monkeypatch.setattr(embedder.encoder, "encode_documents", lambda texts, **kw: encoded.extend(texts))
+    assert indexing.run({"embedder": {"documents": builders.sample_documents()}})["writer"]["documents_written"] == 30
+    assert encoded == []
     query = Pipeline.loads((examples / "weaviate_query_pipeline.yaml").read_text())
     question = "Why do we have summer and winter?"
     result = query.run({"retriever": {"query": question}, "prompt_builder": {"question": question}},

@@ -17,6 +17,7 @@ from dual_encoder.documents import DocumentInput, embed_documents
 from dual_encoder.errors import ConfigurationError
 from dual_encoder.filters import compile_filter, from_simple_mapping
 from dual_encoder.fingerprint import DOCUMENT_SPACE_META_KEY, check_documents_compatible, check_store_compatible
+from haystack_integrations.document_stores.dual_encoder.stored_versions import read_stored_versions
 from langchain_dual_encoder.embeddings import DualEncoderEmbeddings
 
 
@@ -55,11 +56,13 @@ class DualEncoderVectorStore(VectorStore):
     def add_texts(
         self, texts: Iterable[str], metadatas: list[dict] | None = None, *, ids: list[str] | None = None, **kwargs: Any
     ) -> list[str]:
-        """Embed and upsert texts (a text with an existing id overwrites it); returns their ids. Every text is
-        encoded, also when it is unchanged: use `dual-encoder index` (which skips unchanged documents) for
-        large re-indexing runs."""
+        """Embed and upsert texts (a text with an existing id overwrites it); returns their ids. A text whose id
+        is already stored with the same text, metadata embedded and encoder fingerprint keeps its stored
+        embedding instead of being encoded again, so re-adding an unchanged corpus with the same ``ids`` is
+        cheap. Texts added without ``ids`` get new random ids and are always encoded."""
         texts = list(texts)
         metadatas = metadatas or [{} for _ in texts]
+        given_ids = ids is not None
         ids = ids or [str(uuid.uuid4()) for _ in texts]
         if not (len(texts) == len(metadatas) == len(ids)):
             raise ValueError(f"Got {len(texts)} texts, {len(metadatas)} metadatas and {len(ids)} ids; they must match.")
@@ -70,6 +73,7 @@ class DualEncoderVectorStore(VectorStore):
             self._embedding.encoder,
             [DocumentInput(id=i, content=t, meta=m) for i, t, m in zip(ids, texts, metadatas)],
             progress_bar=self._embedding.progress_bar,
+            stored=read_stored_versions(self.document_store, ids, reader=type(self).__name__) if given_ids else None,
         )
         documents = [
             HaystackDocument(id=i, content=t, meta=o.meta, embedding=o.embedding.tolist())

@@ -45,16 +45,25 @@ class DocumentInput:
 
 
 @dataclass(frozen=True)
+class StoredDocument:
+    """What a store already holds for a document id: its meta (with the fingerprint keys) and embedding."""
+
+    meta: Mapping[str, Any]
+    embedding: Sequence[float] | np.ndarray | None
+
+
+@dataclass(frozen=True)
 class DocumentOutcome:
     """What happened to one document.
 
     ``status`` is ``"encoded"`` (``embedding`` is new), ``"unchanged"`` (same text, same document space and
-    it already carries an embedding: keep the document as it is) or ``"empty"`` (no text to embed: the
-    document passes on without an embedding and without a fingerprint, never dropped).
-    ``meta`` is the document's complete new meta.
+    it already carries an embedding: keep the document as it is), ``"reused"`` (it arrived without an
+    embedding, but the store holds one for the same id, text and document space: ``embedding`` is that
+    stored vector) or ``"empty"`` (no text to embed: the document passes on without an embedding and
+    without a fingerprint, never dropped). ``meta`` is the document's complete new meta.
     """
 
-    status: Literal["encoded", "unchanged", "empty"]
+    status: Literal["encoded", "unchanged", "reused", "empty"]
     embedding: np.ndarray | None
     meta: dict[str, Any]
 
@@ -94,10 +103,18 @@ def embed_documents(
     meta_fields_to_embed: Sequence[str] = (),
     separator: str = "\n",
     progress_bar: bool = False,
+    stored: Mapping[str, StoredDocument] | None = None,
 ) -> list[DocumentOutcome]:
-    """Embed documents with the document tower; one outcome per input, in order."""
+    """Embed documents with the document tower; one outcome per input, in order.
+
+    ``stored`` is what the destination store already holds, by document id. A document that arrives
+    without an embedding (fresh from a converter, say) but whose stored copy was embedded from the same
+    text in the same document space gets that stored embedding back instead of being encoded again, so
+    re-indexing an unchanged corpus encodes nothing.
+    """
     texts = [build_document_text(document, meta_fields_to_embed, separator) for document in documents]
     space = encoder.fingerprint.document_space
+    stored = stored or {}
 
     outcomes: list[DocumentOutcome | None] = [None] * len(documents)
     to_encode: list[int] = []
@@ -116,6 +133,21 @@ def embed_documents(
             and document.meta.get(EMBEDDED_INPUT_META_KEY) == digest
         ):
             outcomes[position] = DocumentOutcome(status="unchanged", embedding=None, meta=dict(document.meta))
+            continue
+        previous = stored.get(document.id)
+        if (
+            not document.has_embedding
+            and previous is not None
+            and previous.embedding is not None
+            and len(previous.embedding) == encoder.dimension
+            and previous.meta.get(DOCUMENT_SPACE_META_KEY) == space
+            and previous.meta.get(EMBEDDED_INPUT_META_KEY) == digest
+        ):
+            outcomes[position] = DocumentOutcome(
+                status="reused",
+                embedding=np.asarray(previous.embedding, dtype=np.float32),
+                meta={**document.meta, DOCUMENT_SPACE_META_KEY: space, EMBEDDED_INPUT_META_KEY: digest},
+            )
             continue
         to_encode.append(position)
 

@@ -130,7 +130,7 @@ class DualEncoderWeaviateDocumentStore(WeaviateDocumentStore):
             url=self.url.to_dict() if isinstance(self.url, Secret) else self.url,
             collection_name=self.collection_name,
             similarity=self.similarity,
-            meta_fields=self.meta_fields,
+            meta_fields=dict(self.meta_fields),  # a copy: YAML would alias a dict two components share
             api_key=self.api_key.to_dict() if self.api_key is not None else None,
             grpc_port=self.grpc_port,
             timeout=self.timeout,

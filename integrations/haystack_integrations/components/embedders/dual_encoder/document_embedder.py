@@ -9,8 +9,9 @@ from typing import Any
 from haystack import Document, component, default_from_dict, default_to_dict
 
 from dual_encoder.config import EncoderConfig
-from dual_encoder.documents import DocumentInput, embed_documents
+from dual_encoder.documents import DocumentInput, StoredDocument, embed_documents
 from dual_encoder.encoder import DualEncoder
+from haystack_integrations.document_stores.dual_encoder.stored_versions import read_stored_versions
 
 
 @component
@@ -22,10 +23,20 @@ class DualEncoderDocumentEmbedder:
     and fingerprint are unchanged and that already has an embedding is passed through without encoding it
     again. Documents with no text are passed on without an embedding (with a warning), never dropped.
 
+    Documents fresh from a converter carry no embedding. Give the embedder the ``document_store`` the
+    pipeline writes to, and it looks their ids up there first: a document stored with the same text and
+    fingerprint gets its stored embedding back instead of being encoded again, so re-running an indexing
+    pipeline over an unchanged corpus encodes nothing (and a writer with ``DuplicatePolicy.OVERWRITE``
+    writes the same vectors back).
+
     Usage::
 
         embedder = DualEncoderDocumentEmbedder(encoder={"model": "all-MiniLM-L6-v2"}, meta_fields_to_embed=["title"])
         documents = embedder.run(documents=[Document(content="...", meta={"title": "..."})])["documents"]
+
+        # Re-indexing skips unchanged documents:
+        store = EmbeddedDocumentStore(path="my-index")
+        embedder = DualEncoderDocumentEmbedder(document_store=store)
 
     :param encoder: The encoder definition (an ``EncoderConfig``, its dict form, or a model name). Use the
         same definition for the query side.
@@ -33,6 +44,9 @@ class DualEncoderDocumentEmbedder:
         strings, numbers or booleans.
     :param embedding_separator: Joins the meta values and the content.
     :param progress_bar: Show a progress bar while encoding.
+    :param document_store: Optional: the store these documents are written to, read (never written) to reuse
+        the embeddings of unchanged documents. Any Haystack store whose ``filter_documents`` returns
+        embeddings works (EmbeddedDocumentStore, DualEncoderWeaviateDocumentStore, InMemoryDocumentStore).
     """
 
     def __init__(
@@ -41,11 +55,18 @@ class DualEncoderDocumentEmbedder:
         meta_fields_to_embed: list[str] | None = None,
         embedding_separator: str = "\n",
         progress_bar: bool = True,
+        document_store: Any | None = None,
     ) -> None:
+        if document_store is not None and not callable(getattr(document_store, "filter_documents", None)):
+            raise TypeError(
+                f"document_store must be a Haystack document store (it needs filter_documents), got "
+                f"{type(document_store).__name__}. Pass the store the pipeline writes to, or leave it unset."
+            )
         self.encoder_config = EncoderConfig.coerce(encoder)
         self.meta_fields_to_embed = list(meta_fields_to_embed or [])
         self.embedding_separator = embedding_separator
         self.progress_bar = progress_bar
+        self.document_store = document_store
         self.encoder = DualEncoder(self.encoder_config)
 
     def warm_up(self) -> None:
@@ -60,6 +81,7 @@ class DualEncoderDocumentEmbedder:
             meta_fields_to_embed=self.meta_fields_to_embed,
             embedding_separator=self.embedding_separator,
             progress_bar=self.progress_bar,
+            document_store=None if self.document_store is None else self.document_store.to_dict(),
         )
 
     @classmethod
@@ -74,6 +96,7 @@ class DualEncoderDocumentEmbedder:
         :returns: ``documents``: the same documents with ``embedding`` and fingerprint meta set.
         :raises TypeError: ``documents`` is not a list of Documents.
         :raises ValueError: A document has non-text content or an unusable meta field (nothing is embedded).
+        :raises DualEncoderError: ``document_store`` was given but could not be read (nothing is embedded).
         """
         if not isinstance(documents, list) or not all(isinstance(doc, Document) for doc in documents):
             raise TypeError(
@@ -90,6 +113,7 @@ class DualEncoderDocumentEmbedder:
             meta_fields_to_embed=self.meta_fields_to_embed,
             separator=self.embedding_separator,
             progress_bar=self.progress_bar,
+            stored=self._stored_versions([doc.id for doc in documents if doc.embedding is None]),
         )
         embedded = []
         for document, outcome in zip(documents, outcomes):
@@ -99,6 +123,12 @@ class DualEncoderDocumentEmbedder:
                 vector = None if outcome.embedding is None else outcome.embedding.tolist()
                 embedded.append(replace(document, embedding=vector, meta=outcome.meta))
         return {"documents": embedded}
+
+    def _stored_versions(self, ids: list[str]) -> dict[str, StoredDocument]:
+        # Read before any encoding, so an unreachable store fails the call at once, not after the encoding.
+        if self.document_store is None or not ids:
+            return {}
+        return read_stored_versions(self.document_store, ids, reader=type(self).__name__)
 
     @component.output_types(documents=list[Document])
     async def run_async(self, documents: list[Document]) -> dict[str, list[Document]]:
