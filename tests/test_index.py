@@ -55,6 +55,25 @@ def test_filters_restrict_the_candidates():
     assert [h.record.id for h in hits] == expected
 
 
+@pytest.mark.parametrize("filters", [
+    {"field": "id", "operator": "in", "value": ["d7", "missing", "d2", "d7", 3]},
+    {"field": "id", "operator": "==", "value": "d4"},
+    {"field": "id", "operator": "==", "value": "missing"},
+])
+def test_lookups_by_id_match_a_full_scan(filters):
+    records, _ = random_records(50)
+    index = EmbeddedIndex()
+    index.upsert(records + [IndexRecord(id="bare", content="no vector", meta={})])
+    # The same condition inside an AND goes through the record-by-record scan.
+    scanned = index.records({"operator": "AND", "conditions": [filters]})
+    looked_up = index.records(filters)
+    assert [r.id for r in looked_up] == [r.id for r in scanned]
+    for got, expected in zip(looked_up, scanned):
+        np.testing.assert_array_equal(got.embedding, expected.embedding)
+    assert index.records({"field": "id", "operator": "in", "value": ["bare", "d1"]})[1].embedding is None
+    assert [r.id for r in index.records({"field": "id", "operator": "in", "value": ["d9", "d1"]})] == ["d1", "d9"]
+
+
 def test_matrix_is_updated_in_place_not_rebuilt_per_query():
     records, _ = random_records(100)
     index = EmbeddedIndex()

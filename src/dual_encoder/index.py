@@ -146,7 +146,13 @@ class EmbeddedIndex:
         """Copies of the stored records matching ``filters`` (with their embeddings), in insertion order."""
         matches = compile_filter(filters)
         self.refresh()
+        wanted_ids = _ids_selected_by(filters)
         with self._lock:
+            if wanted_ids is not None:
+                # Looking documents up by id (an embedder checking for unchanged documents, say) goes through the
+                # id map instead of testing every record, so it costs the ids asked for, not the store's size.
+                positions = sorted({self._position[i] for i in wanted_ids if isinstance(i, str) and i in self._position})
+                return [replace(self._records[p], embedding=self._row(p)) for p in positions]
             return [
                 replace(record, embedding=self._row(position))
                 for position, record in enumerate(self._records)
@@ -430,6 +436,19 @@ def _blas_threads_for(elements: int):
 
 _open_lock = threading.Lock()
 _open_indexes: dict[Path, EmbeddedIndex] = {}
+
+
+def _ids_selected_by(filters: Mapping[str, Any] | None) -> list[Any] | None:
+    """The ids of a filter that only selects by id (``id == x`` or ``id in [...]``), else ``None``.
+
+    Call it after ``compile_filter`` has validated ``filters``."""
+    if not isinstance(filters, Mapping) or filters.get("field") != "id":
+        return None
+    if filters.get("operator") == "==":
+        return [filters.get("value")]
+    if filters.get("operator") == "in" and isinstance(filters.get("value"), list):
+        return filters["value"]
+    return None
 
 
 def open_index(path: str | os.PathLike[str] | None, *, similarity: str | None = None) -> EmbeddedIndex:
