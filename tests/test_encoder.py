@@ -53,8 +53,8 @@ def test_batches_run_here_match_sentence_transformers_encode(kind, asymmetric_mo
         documents, prompt=encoder.document_prompt, convert_to_numpy=True, normalize_embeddings=True
     )
     small_batches = DualEncoder({**encoder.config.to_dict(), "batch_size": 4})
-    for tokenize_ahead in (False, True):  # ST's encode (torch's default) and our loop (the OpenVINO default)
-        small_batches._tokenize_ahead = tokenize_ahead
+    for own_loop in (False, True):  # ST's encode (torch's default) and our loop (the OpenVINO default)
+        small_batches._own_batch_loop = own_loop
         np.testing.assert_allclose(small_batches.encode_documents(documents), expected_documents, atol=1e-5)
         np.testing.assert_allclose(small_batches.encode_queries(queries * 3), np.tile(expected, (3, 1)), atol=1e-5)
     # A model someone switched to training mode (dropout on) goes through ST's encode, which restores eval.

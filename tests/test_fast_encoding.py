@@ -79,19 +79,56 @@ def test_int8_embeddings_stay_close_to_float32_and_rank_the_same(minilm):
     documents = documents + [" ".join(documents[i:i + 8]) for i in range(0, len(documents), 8)]
     int8 = DualEncoder({"model": "all-MiniLM-L6-v2", "backend": "openvino-int8"}).load()
     assert int8.model is not minilm.model and int8.fingerprint == minilm.fingerprint
-    runtime = int8.model[0].forward.compiled
-    assert runtime.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE") == INT8_ACTIVATION_GROUP
-    # The fully connected layers really run in int8 (not silently left in floating point).
-    layers = [op.get_rt_info() for op in runtime.get_runtime_model().get_ordered_ops()]
-    fully_connected = [info for info in layers if info["layerType"].astype(str) == "FullyConnected"]
-    assert len(fully_connected) == 36
-    assert {info["runtimePrecision"].astype(str) for info in fully_connected} == {"i8"}
+    compiled = int8.model[0].forward.compiled
+    for runtime in (compiled.latency, compiled.throughput):
+        assert runtime.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE") == INT8_ACTIVATION_GROUP
+        # The fully connected layers really run in int8 (not silently left in floating point).
+        layers = [op.get_rt_info() for op in runtime.get_runtime_model().get_ordered_ops()]
+        fully_connected = [info for info in layers if info["layerType"].astype(str) == "FullyConnected"]
+        assert len(fully_connected) == 36
+        assert {info["runtimePrecision"].astype(str) for info in fully_connected} == {"i8"}
     reference_documents = minilm.encode_documents(documents)
     fast_documents = int8.encode_documents(documents)
     assert _cosines(fast_documents, reference_documents).min() > 0.995
     fast_queries = int8.encode_queries(questions)
     assert _cosines(fast_queries, minilm.encode_queries(questions)).min() > 0.995
     assert ((fast_queries @ fast_documents.T).argmax(1) == (fast_queries @ reference_documents.T).argmax(1)).mean() >= 0.95
+
+
+def test_many_texts_through_the_throughput_streams_match_one_batch_at_a_time():
+    """Many texts run on the throughput compile, split among its streams from worker threads; they must
+    come back in input order with the vectors the latency compile gives each text on its own."""
+    from dual_encoder.acceleration import throughput_requests
+
+    documents, _ = _sample_texts()
+    documents = documents + [" ".join(documents[i:i + 3]) for i in range(len(documents))]
+    encoder = DualEncoder({"model": "all-MiniLM-L6-v2", "backend": "openvino", "batch_size": 4})
+    assert len(documents) > 4 * encoder.config.batch_size
+    one_at_a_time = np.concatenate([encoder.encode_documents([text]) for text in documents])
+    streamed = encoder.encode_documents(documents)
+    assert throughput_requests(encoder.model[0]) >= 1
+    np.testing.assert_allclose(streamed, one_at_a_time, atol=1e-5)
+    np.testing.assert_allclose(encoder.encode_documents(documents, progress_bar=True), one_at_a_time, atol=1e-5)
+
+
+def test_a_failing_batch_stops_the_streamed_encoding(monkeypatch):
+    import time
+
+    encoder = DualEncoder({"model": "all-MiniLM-L6-v2", "backend": "openvino", "batch_size": 2}).load()
+    calls = []
+
+    def run_in_stream(texts, *, route, prompt):
+        calls.append(texts)
+        if len(calls) == 1:
+            raise RuntimeError("batch failed")
+        time.sleep(0.05)
+        return np.zeros((len(texts), encoder.dimension), dtype=np.float32)
+
+    monkeypatch.setattr(encoder, "_run_in_stream", run_in_stream)
+    with pytest.raises(RuntimeError, match="batch failed"):
+        encoder.encode_documents([f"Document number {i}." for i in range(60)])
+    # 60 requests were queued; the ones not yet started when the first failed never run.
+    assert len(calls) < 10
 
 
 def test_backend_does_not_change_the_fingerprint(minilm, minilm_bf16):
