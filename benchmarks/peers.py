@@ -1155,7 +1155,8 @@ def main() -> None:
         "ones: DualEncoderDocumentEmbedder is given the store it writes to (`document_store=`) and reuses the stored "
         "embedding of every document whose text and fingerprint match, and `ours-core` "
         "(`dual_encoder.search.index_documents`, used by `dual-encoder index --store`) reads the stored fingerprint "
-        "meta. The stock embedders encode every document again.",
+        "meta. The stock embedders encode every document again. DualEncoderWeaviateDocumentStore also leaves out of "
+        "its write batches the objects Weaviate already holds unchanged; weaviate-haystack rewrites them.",
         "`ours-embedded` keeps its store in memory (as InMemoryDocumentStore does); `ours-core` persists every "
         "change to its directory, and its re-index opens the directory again as a second CLI run would.",
         "Weaviate: one single-node server (weaviate_server.WeaviateServer, loopback) per worker process; "

@@ -39,7 +39,7 @@ def corpus_documents():
 
 
 def weaviate_store(name, **kwargs):
-    return DualEncoderWeaviateDocumentStore(collection_name=name, meta_fields=META_FIELDS, **kwargs)
+    return DualEncoderWeaviateDocumentStore(collection_name=name, **{"meta_fields": META_FIELDS, **kwargs})
 
 
 def retriever_over(store, encoder="all-MiniLM-L6-v2", top_k=10):
@@ -133,6 +133,57 @@ def test_reindexing_is_idempotent(weaviate_env, collection_name, corpus_document
     for _ in range(3):
         store.write_documents(corpus_documents, policy=DuplicatePolicy.OVERWRITE)
     assert store.count_documents() == len(corpus_documents)
+
+
+def test_unchanged_objects_are_not_sent_again_and_every_change_is(weaviate_env, collection_name, corpus_documents, monkeypatch):
+    from dataclasses import replace
+
+    from weaviate.util import generate_uuid5
+
+    store = weaviate_store(collection_name)
+    assert store.write_documents(corpus_documents, policy=DuplicatePolicy.OVERWRITE) == 6
+    sent = []
+    insert_many = store.collection.data.insert_many
+    monkeypatch.setattr(store.collection.data, "insert_many", lambda objects: sent.append(objects) or insert_many(objects))
+
+    # The same documents again (a re-run of the indexing): nothing is sent, all count as written.
+    assert store.write_documents(corpus_documents, policy=DuplicatePolicy.OVERWRITE) == 6
+    assert sent == [] and store.unchanged_not_rewritten == 6
+
+    # Content, a meta value, an unset meta value and the embedding each make a document differ.
+    by_id = {d.id: d for d in corpus_documents}
+    changed = {
+        "tides": replace(by_id["tides"], content="Tides follow the Moon."),
+        "coral": replace(by_id["coral"], meta={**by_id["coral"].meta, "rating": 3.5}),
+        "rice": replace(by_id["rice"], meta={k: v for k, v in by_id["rice"].meta.items() if k != "year"}),
+        "bread": replace(by_id["bread"], embedding=[x + 1e-3 for x in by_id["bread"].embedding]),
+    }
+    documents = [changed.get(d.id, d) for d in corpus_documents]
+    assert store.write_documents(documents, policy=DuplicatePolicy.NONE) == 6
+    assert [{str(o.uuid) for o in objects} for objects in sent] == [{generate_uuid5(i) for i in changed}]
+    assert store.unchanged_not_rewritten == 8
+    stored = {d.id: d for d in store.filter_documents()}
+    assert stored["tides"].content == "Tides follow the Moon." and stored["coral"].meta["rating"] == 3.5
+    assert stored["rice"].meta.get("year") is None
+    np.testing.assert_allclose(stored["bread"].embedding, changed["bread"].embedding, atol=1e-6)
+
+
+def test_dates_are_always_written_again_since_they_read_back_in_another_type(weaviate_env, collection_name, corpus_documents):
+    store = weaviate_store(collection_name, meta_fields={**META_FIELDS, "published": "date"})
+    first = replace_meta(corpus_documents[0], published="2024-05-01T10:00:00.250Z")
+    store.write_documents([first], policy=DuplicatePolicy.OVERWRITE)
+    store.write_documents([first], policy=DuplicatePolicy.OVERWRITE)
+    # Only the sub-second part changes, which weaviate-haystack's read-back would round away.
+    store.write_documents([replace_meta(first, published="2024-05-01T10:00:00.750Z")], policy=DuplicatePolicy.OVERWRITE)
+    assert store.unchanged_not_rewritten == 0
+    raw = store.collection.query.fetch_objects(limit=1).objects[0].properties["published"]
+    assert raw.microsecond == 750_000
+
+
+def replace_meta(document, **meta):
+    from dataclasses import replace
+
+    return replace(document, meta={**document.meta, **meta})
 
 
 def test_refused_objects_are_named_with_the_reason(weaviate_env, collection_name, corpus_documents):

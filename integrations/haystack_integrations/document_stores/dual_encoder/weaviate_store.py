@@ -116,6 +116,9 @@ class DualEncoderWeaviateDocumentStore(WeaviateDocumentStore):
         self.batch_size = batch_size
         self._stored_space: StoredSpace | None = None
         self._connect_lock = threading.Lock()
+        #: Documents that ``write_documents`` found stored exactly as given and did not send again (a count since
+        #: this store object was created).
+        self.unchanged_not_rewritten = 0
         # The URL, key and gRPC port are resolved on first use, so a pipeline loads without them.
         super().__init__(
             url=None,
@@ -226,7 +229,10 @@ class DualEncoderWeaviateDocumentStore(WeaviateDocumentStore):
         """Upsert in fixed-size batches, so failures are known per document and a dead server fails fast.
 
         Haystack's dynamic batcher retries an unreachable server with exponential back-off for minutes; one
-        ``insert_many`` call gives up after seconds and reports errors per object.
+        ``insert_many`` call gives up after seconds and reports errors per object. Objects Weaviate already
+        holds exactly as they would be written are not sent again (see :meth:`_already_stored`), so re-running
+        an indexing pipeline over unchanged documents rewrites nothing. They count as written: the store holds
+        them as given.
         """
         from weaviate.classes.data import DataObject
         from weaviate.util import generate_uuid5
@@ -239,7 +245,12 @@ class DualEncoderWeaviateDocumentStore(WeaviateDocumentStore):
                 for doc in chunk
             ]
             try:
-                result = self.collection.data.insert_many(objects)
+                unchanged = self._already_stored(objects)
+                positions = [position for position, data in enumerate(objects) if data.uuid not in unchanged]
+                self.unchanged_not_rewritten += len(objects) - len(positions)
+                if not positions:
+                    continue
+                result = self.collection.data.insert_many([objects[position] for position in positions])
             except Exception as error:  # transport errors surface as httpx, grpc and weaviate types alike
                 unconfirmed = [doc.id for doc in documents[start:]]
                 raise WeaviateUnavailableError(
@@ -250,10 +261,43 @@ class DualEncoderWeaviateDocumentStore(WeaviateDocumentStore):
                     unconfirmed_ids=unconfirmed,
                 ) from error
             for position, problem in result.errors.items():
-                failed[chunk[position].id] = problem.message
+                failed[chunk[positions[position]].id] = problem.message
         if failed:
             raise PartialWriteError(failed)
         return len(documents)
+
+    @staticmethod
+    def _to_data_object(document: Document) -> dict[str, Any]:
+        # weaviate-haystack's version deep-copies the embedding (Document.to_dict) only to drop it; the vector
+        # is sent beside the properties. Same properties, without the copy.
+        return WeaviateDocumentStore._to_data_object(replace(document, embedding=None))
+
+    def _already_stored(self, objects: list[Any]) -> set[str]:
+        """UUIDs of ``objects`` that Weaviate holds with exactly these properties and this vector.
+
+        The comparison is on Weaviate's own values, not on a Document read back (weaviate-haystack's read-back
+        rounds dates to the second, so a changed date could look unchanged there). Unset properties count as
+        absent on both sides. Anything that differs, or reads back in another type (dates come back as
+        datetimes), is written again, so a doubt costs a write, never an update.
+        """
+        from weaviate.classes.query import Filter
+
+        stored = self.collection.query.fetch_objects(
+            filters=Filter.by_id().contains_any([data.uuid for data in objects]), include_vector=True,
+            limit=len(objects),
+        ).objects
+        by_uuid = {str(item.uuid): item for item in stored}
+        unchanged = set()
+        for data in objects:
+            item = by_uuid.get(str(data.uuid))
+            if item is None:
+                continue
+            vector = item.vector.get("default") if isinstance(item.vector, dict) else item.vector
+            if _set_values(item.properties) == _set_values(data.properties) and list(vector or []) == list(
+                data.vector or []
+            ):
+                unchanged.add(data.uuid)
+        return unchanged
 
     async def write_documents_async(
         self, documents: list[Document], policy: DuplicatePolicy = DuplicatePolicy.NONE
@@ -332,6 +376,10 @@ class DualEncoderWeaviateDocumentStore(WeaviateDocumentStore):
                 "distance/certainty thresholds are not supported here; filter on Document.score instead."
             )
         return self.embedding_retrieval(query_embedding, filters, top_k or 10)
+
+
+def _set_values(properties: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in properties.items() if value is not None}
 
 
 def _weaviate_filters(filters: dict[str, Any] | None) -> dict[str, Any] | None:
