@@ -149,6 +149,10 @@ def test_unchanged_objects_are_not_sent_again_and_every_change_is(weaviate_env, 
     # The same documents again (a re-run of the indexing): nothing is sent, all count as written.
     assert store.write_documents(corpus_documents, policy=DuplicatePolicy.OVERWRITE) == 6
     assert sent == [] and store.unchanged_not_rewritten == 6
+    # Batches larger than one lookup (Weaviate caps a query's results) are compared in full too.
+    monkeypatch.setattr("haystack_integrations.document_stores.dual_encoder.weaviate_store.STORED_LOOKUP_CHUNK", 4)
+    assert store.write_documents(corpus_documents, policy=DuplicatePolicy.OVERWRITE) == 6
+    assert sent == [] and store.unchanged_not_rewritten == 12
 
     # Content, a meta value, an unset meta value and the embedding each make a document differ.
     by_id = {d.id: d for d in corpus_documents}
@@ -161,7 +165,7 @@ def test_unchanged_objects_are_not_sent_again_and_every_change_is(weaviate_env, 
     documents = [changed.get(d.id, d) for d in corpus_documents]
     assert store.write_documents(documents, policy=DuplicatePolicy.NONE) == 6
     assert [{str(o.uuid) for o in objects} for objects in sent] == [{generate_uuid5(i) for i in changed}]
-    assert store.unchanged_not_rewritten == 8
+    assert store.unchanged_not_rewritten == 14
     stored = {d.id: d for d in store.filter_documents()}
     assert stored["tides"].content == "Tides follow the Moon." and stored["coral"].meta["rating"] == 3.5
     assert stored["rice"].meta.get("year") is None

@@ -31,6 +31,9 @@ from haystack_integrations.document_stores.weaviate import WeaviateDocumentStore
 from haystack_integrations.document_stores.weaviate.auth import AuthApiKey
 from haystack_integrations.document_stores.weaviate.document_store import DOCUMENT_COLLECTION_PROPERTIES
 
+#: Objects per lookup of what Weaviate already holds, before a write (see ``_already_stored``).
+STORED_LOOKUP_CHUNK = 1000
+
 #: Weaviate data types accepted in ``meta_fields``.
 META_FIELD_TYPES = ("text", "text[]", "int", "int[]", "number", "number[]", "boolean", "boolean[]", "date", "date[]")
 
@@ -282,11 +285,15 @@ class DualEncoderWeaviateDocumentStore(WeaviateDocumentStore):
         """
         from weaviate.classes.query import Filter
 
-        stored = self.collection.query.fetch_objects(
-            filters=Filter.by_id().contains_any([data.uuid for data in objects]), include_vector=True,
-            limit=len(objects),
-        ).objects
-        by_uuid = {str(item.uuid): item for item in stored}
+        by_uuid = {}
+        # Weaviate caps one query's results (QUERY_MAXIMUM_RESULTS, 10,000 by default) and batch_size may not.
+        for start in range(0, len(objects), STORED_LOOKUP_CHUNK):
+            chunk = objects[start : start + STORED_LOOKUP_CHUNK]
+            stored = self.collection.query.fetch_objects(
+                filters=Filter.by_id().contains_any([data.uuid for data in chunk]), include_vector=True,
+                limit=len(chunk),
+            ).objects
+            by_uuid.update((str(item.uuid), item) for item in stored)
         unchanged = set()
         for data in objects:
             item = by_uuid.get(str(data.uuid))
