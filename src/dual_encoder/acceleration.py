@@ -29,6 +29,7 @@ converted with OpenVINO's PyTorch frontend directly rather than through ``conver
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import logging
@@ -264,7 +265,7 @@ class _CompiledTransformer:
                     )
         return self._throughput
 
-    @property
+    @functools.cached_property
     def throughput_requests(self) -> int:
         return int(self.throughput.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
 

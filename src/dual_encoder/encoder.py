@@ -277,7 +277,7 @@ class DualEncoder:
     def _preprocess(self, texts: Sequence[str], *, route: str, prompt: str) -> dict[str, Any]:
         import torch
 
-        with torch.inference_mode():  # as in ``encode``; thread-local, so set here for the tokenising thread too
+        with torch.inference_mode():  # as in ``encode``; thread-local, so set here for the stream threads too
             return self.model.preprocess(list(texts), prompt=prompt, task=route)
 
     def _run_batch(self, features: dict[str, Any], *, route: str) -> np.ndarray:

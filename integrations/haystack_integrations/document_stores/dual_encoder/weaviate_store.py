@@ -300,7 +300,7 @@ class DualEncoderWeaviateDocumentStore(WeaviateDocumentStore):
             if item is None:
                 continue
             vector = item.vector.get("default") if isinstance(item.vector, dict) else item.vector
-            if _set_values(item.properties) == _set_values(data.properties) and list(vector or []) == list(
+            if _present_values(item.properties) == _present_values(data.properties) and list(vector or []) == list(
                 data.vector or []
             ):
                 unchanged.add(data.uuid)
@@ -385,7 +385,7 @@ class DualEncoderWeaviateDocumentStore(WeaviateDocumentStore):
         return self.embedding_retrieval(query_embedding, filters, top_k or 10)
 
 
-def _set_values(properties: dict[str, Any]) -> dict[str, Any]:
+def _present_values(properties: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in properties.items() if value is not None}
 
 
