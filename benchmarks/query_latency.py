@@ -102,7 +102,7 @@ def synthetic_exact_search(count: int, repeat: int, baseline_repeat: int) -> dic
     for query in queries:
         as_list = query.tolist()
         ours += timed(lambda: store.embedding_retrieval(query_embedding=as_list, top_k=10), 1)
-        core += timed(lambda: store.index.search(query, top_k=10), 1)
+        core += timed(lambda: store.store.vector_search(query, top_k=10), 1)
     del store
     gc.collect()
     memory = InMemoryDocumentStore()

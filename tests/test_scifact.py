@@ -28,6 +28,27 @@ def test_minilm_reproduces_the_published_ndcg(scifact_embedded, tmp_path):
     assert metrics["ndcg@10"] == pytest.approx(0.645, abs=0.002), metrics
 
 
+def test_approximate_search_stays_within_0_002_of_exact(scifact_embedded, tmp_path):
+    """The embedded store's approximate index, forced on the 5,183 SciFact documents, loses at most 0.002 nDCG@10."""
+    data, documents = scifact_embedded
+    store = EmbeddedDocumentStore(path=str(tmp_path / "approximate"), approximate_threshold=0)
+    store.write_documents(documents)
+    runs = {}
+    for exact in (True, False):
+        retriever = DualEncoderRetriever(
+            retriever=StoreEmbeddingRetriever(document_store=store, exact=exact), top_k=10
+        )
+        runs[exact] = {q: {d.id: d.score for d in retriever.run(query=text)["documents"]} for q, text in data.queries.items()}
+    exact_ndcg = evaluate_run(data.qrels, runs[True])["ndcg@10"]
+    approximate_ndcg = evaluate_run(data.qrels, runs[False])["ndcg@10"]
+    assert exact_ndcg == pytest.approx(0.6451, abs=0.0005)
+    assert abs(approximate_ndcg - exact_ndcg) <= 0.002, (approximate_ndcg, exact_ndcg)
+    overlap = [len(set(runs[True][q]) & set(runs[False][q])) / 10 for q in data.queries]
+    assert sum(overlap) / len(overlap) >= 0.95
+    probe = store.store.vector_search(documents[0].embedding, top_k=5, exact=False)
+    assert probe.method == "approximate" and probe.hits[0].record.id == documents[0].id
+
+
 def test_reloaded_store_gives_identical_rankings(scifact_embedded, tmp_path):
     data, documents = scifact_embedded
     EmbeddedDocumentStore(path=str(tmp_path / "s")).write_documents(documents)

@@ -28,6 +28,7 @@ import numpy as np
 from dual_encoder.encoder import DualEncoder
 from dual_encoder.errors import InvalidDocumentError
 from dual_encoder.fingerprint import DOCUMENT_SPACE_META_KEY, EMBEDDED_INPUT_META_KEY
+from dual_encoder.stores.contract import StoredRecord
 
 logger = logging.getLogger(__name__)
 
@@ -42,14 +43,6 @@ class DocumentInput:
     content: Any
     meta: Mapping[str, Any] = field(default_factory=dict)
     has_embedding: bool = False
-
-
-@dataclass(frozen=True)
-class StoredDocument:
-    """What a store already holds for a document id: its meta (with the fingerprint keys) and embedding."""
-
-    meta: Mapping[str, Any]
-    embedding: Sequence[float] | np.ndarray | None
 
 
 @dataclass(frozen=True)
@@ -103,14 +96,14 @@ def embed_documents(
     meta_fields_to_embed: Sequence[str] = (),
     separator: str = "\n",
     progress_bar: bool = False,
-    stored: Mapping[str, StoredDocument] | None = None,
+    stored: Mapping[str, StoredRecord] | None = None,
 ) -> list[DocumentOutcome]:
     """Embed documents with the document tower; one outcome per input, in order.
 
-    ``stored`` is what the destination store already holds, by document id. A document that arrives
-    without an embedding (fresh from a converter, say) but whose stored copy was embedded from the same
-    text in the same document space gets that stored embedding back instead of being encoded again, so
-    re-indexing an unchanged corpus encodes nothing.
+    ``stored`` is what the destination store already holds, by document id (``Store.stored_versions``). A
+    document that arrives without an embedding (fresh from a converter, say) but whose stored copy was
+    embedded from the same text in the same document space gets that stored embedding back instead of being
+    encoded again, so re-indexing an unchanged corpus encodes nothing.
     """
     texts = [build_document_text(document, meta_fields_to_embed, separator) for document in documents]
     space = encoder.fingerprint.document_space

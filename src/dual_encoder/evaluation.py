@@ -17,10 +17,13 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 from dual_encoder.errors import ConfigurationError, InvalidDocumentError
 from dual_encoder.sources import json_objects
+
+if TYPE_CHECKING:
+    from dual_encoder.stores import Store
 
 logger = logging.getLogger(__name__)
 
@@ -174,67 +177,23 @@ class EvaluationReport:
     notes: list[str]
 
 
-class EvaluationStore(Protocol):
-    """Where :func:`evaluate_store` puts the corpus and searches it. The embedded store is built in;
-    others (Weaviate) are registered by the integrations under the ``dual_encoder.evaluation_stores``
-    entry-point group, so this module never imports them."""
-
-    def index(self, encoder, documents: list, *, progress_bar: bool) -> None:
-        """Embed ``documents`` (``DocumentInput``) with the document tower and store them."""
-
-    def search(self, encoder, query_vectors, *, top_k: int) -> list[dict[str, float]]:
-        """Per query vector: ``{document id: score}`` of the ``top_k`` best documents."""
-
-
-ENTRY_POINT_GROUP = "dual_encoder.evaluation_stores"
-
-
-def evaluation_store(name: str, **options) -> EvaluationStore:
-    """An evaluation store by name: ``embedded`` (options: ``path``) or one an integration registers
-    (``weaviate``: ``url``, ``collection_name``, ``grpc_port``)."""
-    if name == "embedded":
-        return EmbeddedEvaluationStore(**options)
-    from importlib.metadata import entry_points
-
-    found = {point.name: point for point in entry_points(group=ENTRY_POINT_GROUP)}
-    if name not in found:
-        known = ", ".join(sorted({"embedded", *found}))
-        hint = " Install the Weaviate extra: pip install 'dual-encoder-retrieval[weaviate]'." if name == "weaviate" else ""
-        raise ConfigurationError(f"Unknown evaluation store {name!r}; available: {known}.{hint}")
-    return found[name].load()(**options)
-
-
-class EmbeddedEvaluationStore:
-    """The embedded index; with ``path`` it is kept, and a re-run with the same encoder skips re-encoding."""
-
-    def __init__(self, path: str | Path | None = None) -> None:
-        self.path = path
-        self._index = None
-
-    def index(self, encoder, documents: list, *, progress_bar: bool) -> None:
-        from dual_encoder.fingerprint import check_store_compatible
-        from dual_encoder.index import EmbeddedIndex
-        from dual_encoder.search import index_documents
-
-        self._index = EmbeddedIndex(self.path, similarity=encoder.similarity)
-        index_documents(encoder, self._index, documents, progress_bar=progress_bar)
-        check_store_compatible(encoder.fingerprint, self._index.stored_space, where="the evaluation index")
-
-    def search(self, encoder, query_vectors, *, top_k: int) -> list[dict[str, float]]:
-        return [{hit.record.id: hit.score for hit in self._index.search(vector, top_k=top_k)} for vector in query_vectors]
-
-
 def evaluate_store(
     folder: str | Path,
     *,
     split: str = "test",
     encoder,
-    store: EvaluationStore,
+    store: Store,
     progress_bar: bool = True,
+    exact: bool | None = None,
 ) -> EvaluationReport:
-    """Index a BEIR corpus into ``store`` with ``encoder``, rank every judged query to
-    :data:`EVALUATION_DEPTH`, and score the rankings."""
+    """Index a BEIR corpus into ``store`` (any store of the contract) with ``encoder``, rank every judged query
+    to :data:`EVALUATION_DEPTH`, and score the rankings. A store that already holds the corpus from the same
+    encoder re-encodes nothing.
+
+    :param exact: passed to every search (``True``: exact; ``False``: the store's approximate index).
+    """
     from dual_encoder.documents import DocumentInput
+    from dual_encoder.search import index_documents
 
     data = load_beir(folder, split)
     documents = [DocumentInput(id=d.id, content=d.beir_text) for d in data.corpus.values() if d.beir_text]
@@ -242,11 +201,16 @@ def evaluate_store(
     notes = list(data.notes)
     if skipped:
         notes.append(f"{skipped} corpus document(s) have neither title nor text and were not indexed.")
-    store.index(encoder, documents, progress_bar=progress_bar)
+    index_documents(encoder, store, documents, progress_bar=progress_bar)
     query_ids = list(data.queries)
     vectors = encoder.encode_queries([data.queries[q] or " " for q in query_ids], progress_bar=progress_bar)
-    rankings = store.search(encoder, vectors, top_k=EVALUATION_DEPTH)
-    run = dict(zip(query_ids, rankings))
+    methods = set()
+    run = {}
+    for query_id, vector in zip(query_ids, vectors):
+        result = store.vector_search(vector, top_k=EVALUATION_DEPTH, exact=exact)
+        methods.add(result.method)
+        run[query_id] = {hit.record.id: hit.score for hit in result.hits}
+    notes.append(f"search: {', '.join(sorted(methods)) or 'none'} ({store.location})")
     return EvaluationReport(
         dataset=str(folder), split=split, encoder=encoder.config.to_dict(), documents=len(data.corpus),
         queries=len(query_ids), depth=EVALUATION_DEPTH, metrics=evaluate_run(data.qrels, run), notes=notes,
@@ -265,6 +229,7 @@ def evaluate_embedded(
 
     With ``index_path`` the index is kept, and a later run with the same encoder skips re-encoding.
     """
-    return evaluate_store(
-        folder, split=split, encoder=encoder, store=EmbeddedEvaluationStore(index_path), progress_bar=progress_bar
-    )
+    from dual_encoder.embedded import open_embedded_store
+
+    store = open_embedded_store(index_path, similarity=encoder.similarity)
+    return evaluate_store(folder, split=split, encoder=encoder, store=store, progress_bar=progress_bar)

@@ -9,9 +9,10 @@ from typing import Any
 from haystack import Document, component, default_from_dict, default_to_dict
 
 from dual_encoder.config import EncoderConfig
-from dual_encoder.documents import DocumentInput, StoredDocument, embed_documents
+from dual_encoder.documents import DocumentInput, embed_documents
 from dual_encoder.encoder import DualEncoder
-from haystack_integrations.document_stores.dual_encoder.stored_versions import read_stored_versions
+from dual_encoder.stores import StoredRecord
+from haystack_integrations.document_stores.dual_encoder.contract_adapter import stored_versions
 
 
 @component
@@ -124,11 +125,11 @@ class DualEncoderDocumentEmbedder:
                 embedded.append(replace(document, embedding=vector, meta=outcome.meta))
         return {"documents": embedded}
 
-    def _stored_versions(self, ids: list[str]) -> dict[str, StoredDocument]:
+    def _stored_versions(self, ids: list[str]) -> dict[str, StoredRecord]:
         # Read before any encoding, so an unreachable store fails the call at once, not after the encoding.
         if self.document_store is None or not ids:
             return {}
-        return read_stored_versions(self.document_store, ids, reader=type(self).__name__)
+        return stored_versions(self.document_store, ids, reader=type(self).__name__)
 
     @component.output_types(documents=list[Document])
     async def run_async(self, documents: list[Document]) -> dict[str, list[Document]]:

@@ -9,13 +9,12 @@ from typing import Any
 from haystack import Document, component, default_from_dict, default_to_dict
 from haystack.components.retrievers.types import EmbeddingRetriever
 from haystack.core.serialization import component_to_dict
-from haystack.errors import FilterError
 
-from dual_encoder import errors
 from dual_encoder.config import EncoderConfig, validate_top_k
 from dual_encoder.encoder import DualEncoder
-from dual_encoder.filters import compile_filter
-from dual_encoder.fingerprint import DOCUMENT_SPACE_META_KEY, check_documents_compatible, check_store_compatible
+from dual_encoder.fingerprint import DOCUMENT_SPACE_META_KEY
+from dual_encoder.stores import validate_search, verify_hits
+from haystack_integrations.document_stores.dual_encoder.contract_adapter import ContractDocumentStore, haystack_errors
 
 logger = logging.getLogger(__name__)
 
@@ -117,22 +116,18 @@ class DualEncoderRetriever:
 
     def _prepare(self, filters: dict[str, Any] | None, top_k: int | None) -> int | None:
         top_k = self.top_k if top_k is None else top_k
-        if top_k is not None:
-            validate_top_k(top_k)
-        try:
-            compile_filter(filters)
-        except errors.FilterError as error:
-            raise FilterError(str(error)) from error
+        with haystack_errors():
+            validate_search(1 if top_k is None else top_k, filters)
         self.warm_up()
-        # Haystack's own retrievers keep the store as `document_store` or `_document_store`.
+        # Haystack's own retrievers keep the store as `document_store` or `_document_store`; only this package's
+        # stores record their embedding space, the others are checked document by document afterwards.
         store = getattr(self.retriever, "document_store", None) or getattr(self.retriever, "_document_store", None)
-        get_space = getattr(store, "get_embedding_space", None)
-        if callable(get_space):
-            check_store_compatible(self.encoder.fingerprint, get_space(), where=type(store).__name__)
+        if isinstance(store, ContractDocumentStore):
+            store.check_encoder(self.encoder.fingerprint)
         return top_k
 
     def _verified(self, documents: list[Document]) -> list[Document]:
-        unverified = check_documents_compatible(
+        unverified = verify_hits(
             self.encoder.fingerprint,
             (doc.meta.get(DOCUMENT_SPACE_META_KEY) for doc in documents),
             where="the retrieved documents",

@@ -8,8 +8,7 @@ from haystack import Document, component, default_from_dict, default_to_dict
 from haystack.document_stores.types import FilterPolicy, apply_filter_policy
 
 from dual_encoder.config import validate_top_k
-
-_STORE_METHODS = ("embedding_retrieval", "embedding_retrieval_async", "to_dict")
+from haystack_integrations.document_stores.dual_encoder.contract_adapter import ContractDocumentStore
 
 
 @component
@@ -24,23 +23,27 @@ class StoreEmbeddingRetriever:
         retriever = StoreEmbeddingRetriever(document_store=EmbeddedDocumentStore(path="my-index"), top_k=5)
         documents = retriever.run(query_embedding=[0.1, ...])["documents"]
 
-    :param document_store: The store to search: anything with ``embedding_retrieval(query_embedding,
-        filters, top_k, return_embedding)``, ``embedding_retrieval_async`` and ``to_dict``.
+    :param document_store: The store to search: an ``EmbeddedDocumentStore`` or ``DualEncoderWeaviateDocumentStore``
+        (any store of this package).
     :param filters: Default Haystack-syntax filters.
     :param top_k: Default number of documents to return; must be positive.
     :param filter_policy: How run-time filters combine with ``filters`` (``replace`` or ``merge``).
     :param return_embedding: Include each document's embedding in the results.
+    :param exact: ``True`` scores every document, ``False`` uses the store's approximate index, ``None`` (default)
+        lets the store choose (the embedded store goes approximate only from ``approximate_threshold`` documents;
+        Weaviate always uses its vector index).
     """
 
     def __init__(
         self,
-        document_store: Any,
+        document_store: ContractDocumentStore,
         filters: dict[str, Any] | None = None,
         top_k: int = 10,
         filter_policy: FilterPolicy | str = FilterPolicy.REPLACE,
         return_embedding: bool = False,
+        exact: bool | None = None,
     ) -> None:
-        if not all(callable(getattr(document_store, name, None)) for name in _STORE_METHODS):
+        if not isinstance(document_store, ContractDocumentStore):
             raise TypeError(
                 f"document_store must be an EmbeddedDocumentStore or DualEncoderWeaviateDocumentStore, got "
                 f"{type(document_store).__name__}. For other stores, put their own embedding retriever inside "
@@ -52,6 +55,7 @@ class StoreEmbeddingRetriever:
         self.top_k = top_k
         self.filter_policy = FilterPolicy.from_str(filter_policy) if isinstance(filter_policy, str) else filter_policy
         self.return_embedding = return_embedding
+        self.exact = exact
 
     def to_dict(self) -> dict[str, Any]:
         return default_to_dict(
@@ -61,6 +65,7 @@ class StoreEmbeddingRetriever:
             top_k=self.top_k,
             filter_policy=self.filter_policy.value,
             return_embedding=self.return_embedding,
+            exact=self.exact,
         )
 
     @classmethod
@@ -111,5 +116,6 @@ class StoreEmbeddingRetriever:
             "filters": apply_filter_policy(self.filter_policy, self.filters, filters),
             "top_k": validate_top_k(self.top_k if top_k is None else top_k),
             "return_embedding": self.return_embedding if return_embedding is None else return_embedding,
+            "exact": self.exact,
         }
 

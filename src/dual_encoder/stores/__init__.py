@@ -1,0 +1,27 @@
+"""Document stores: the contract every store implements (:mod:`dual_encoder.stores.contract`)."""
+
+from dual_encoder.stores.contract import (
+    DuplicatePolicy,
+    KeywordSearchUnsupportedError,
+    SearchHit,
+    SearchResult,
+    Store,
+    StoredRecord,
+    WriteSummary,
+    check_json_safe,
+    validate_search,
+    verify_hits,
+)
+
+__all__ = [
+    "DuplicatePolicy",
+    "KeywordSearchUnsupportedError",
+    "SearchHit",
+    "SearchResult",
+    "Store",
+    "StoredRecord",
+    "WriteSummary",
+    "check_json_safe",
+    "validate_search",
+    "verify_hits",
+]
