@@ -3,7 +3,9 @@
     python examples/langchain_rag.py
 
 No network here, so the "LLM" is LangChain's FakeListLLM; swap in any chat model. The prompt the LLM
-receives is printed, with the retrieved passages.
+receives is printed, with the retrieved passages. Only LangChain and the core are needed (no Haystack):
+``pip install dual-encoder-retrieval[langchain]``. Pass ``store_path`` to keep the index on disk; re-running
+over the same directory encodes nothing again.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import PromptTemplate
 from langchain_core.runnables import RunnableLambda, RunnablePassthrough
 
-from haystack_integrations.document_stores.dual_encoder import EmbeddedDocumentStore
 from langchain_dual_encoder import DualEncoderEmbeddings, DualEncoderRetriever, DualEncoderVectorStore
 
 PROMPT = PromptTemplate.from_template(
@@ -25,8 +26,10 @@ PROMPT = PromptTemplate.from_template(
 
 
 def build_chain(store_path: str | None = None, llm=None):
+    """Index the sample corpus and return ``(prompt_stage, chain)``: the question -> prompt part, and the
+    whole question -> answer chain."""
     embeddings = DualEncoderEmbeddings("all-MiniLM-L6-v2")
-    vectorstore = DualEncoderVectorStore(embeddings, EmbeddedDocumentStore(path=store_path))
+    vectorstore = DualEncoderVectorStore.embedded(embeddings, path=store_path)
     corpus = resources.files("dual_encoder") / "sample_data" / "corpus.jsonl"
     rows = [json.loads(line) for line in corpus.read_text(encoding="utf-8").splitlines() if line.strip()]
     vectorstore.add_texts([r["content"] for r in rows], [r["meta"] for r in rows], ids=[r["id"] for r in rows])

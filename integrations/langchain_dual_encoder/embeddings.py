@@ -1,5 +1,11 @@
 """LangChain ``Embeddings`` over a dual encoder: queries through the query tower, documents through the
-document tower, each with its own prompt."""
+document tower, each with its own prompt.
+
+Example::
+
+    embeddings = DualEncoderEmbeddings({"model": "all-MiniLM-L6-v2", "query_prompt": "query: "})
+    embeddings.embed_query("What causes tides?")            # 384 floats, from the query tower
+"""
 
 from __future__ import annotations
 
@@ -28,7 +34,9 @@ class DualEncoderEmbeddings(Embeddings):
     :param progress_bar: Show a progress bar while embedding documents.
     """
 
-    def __init__(self, encoder: EncoderConfig | dict[str, Any] | str = "all-MiniLM-L6-v2", *, progress_bar: bool = False):
+    def __init__(
+        self, encoder: EncoderConfig | dict[str, Any] | str = "all-MiniLM-L6-v2", *, progress_bar: bool = False
+    ) -> None:
         self.encoder = DualEncoder(encoder)
         self.progress_bar = progress_bar
 
