@@ -28,7 +28,7 @@ from haystack import Document
 from haystack.document_stores.types import DuplicatePolicy
 
 from dual_encoder.fingerprint import DOCUMENT_SPACE_META_KEY
-from dual_encoder.weaviate_server import WeaviateServer
+from dual_encoder_weaviate.server import WeaviateServer
 from haystack_integrations.components.embedders.dual_encoder import DualEncoderTextEmbedder
 from haystack_integrations.components.retrievers.dual_encoder import DualEncoderRetriever, StoreEmbeddingRetriever
 from haystack_integrations.components.retrievers.weaviate import WeaviateEmbeddingRetriever

@@ -79,16 +79,3 @@ def test_ordering_strings_that_are_not_dates_fails():
     predicate = compile_filter({"field": "meta.lang", "operator": ">", "value": "en"})
     with pytest.raises(FilterError, match="ISO formatted dates"):
         predicate(RECORDS[0])
-
-
-def test_rename_fields_reaches_nested_comparisons():
-    from dual_encoder.filters import rename_fields
-
-    filters = {"operator": "AND", "conditions": [
-        {"field": "id", "operator": "==", "value": "a"},
-        {"operator": "NOT", "conditions": [{"field": "meta.x", "operator": "==", "value": 1}]},
-    ]}
-    renamed = rename_fields(filters, {"id": "_original_id"})
-    assert renamed["conditions"][0]["field"] == "_original_id"
-    assert renamed["conditions"][1]["conditions"][0]["field"] == "meta.x"
-    assert filters["conditions"][0]["field"] == "id"

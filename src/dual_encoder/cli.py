@@ -1,4 +1,4 @@
-"""The ``dual-encoder`` command line: index, search, demo, combine, evaluate, train, weaviate.
+"""The ``dual-encoder`` command line: index, search, demo, combine, evaluate, train, and plug-in sub-apps.
 
     dual-encoder index notes/ --store my-index
     dual-encoder search "How do heat pumps work?" --store my-index
@@ -24,11 +24,11 @@ from rich.table import Table
 from dual_encoder.config import EncoderConfig
 from dual_encoder.encoder import DualEncoder
 from dual_encoder.errors import DualEncoderError
-from dual_encoder.index import EmbeddedIndex, SearchHit
+from dual_encoder.embedded import open_embedded_store
+from dual_encoder.stores import SearchResult
 from dual_encoder.search import ENCODER_METADATA_KEY, index_documents, search
 from dual_encoder.sources import read_documents
 from dual_encoder.training.config import TrainingConfig
-from dual_encoder.weaviate_server import WEAVIATE_VERSION, WeaviateServer, WeaviateServerError, binary_path
 
 # The train command's defaults are TrainingConfig's own (chosen on a dev slice), so the two never drift apart.
 _TRAINING_DEFAULTS = TrainingConfig.defaults()
@@ -70,7 +70,7 @@ def index_command(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Embed documents with the document tower and add them to an embedded store."""
-    index = EmbeddedIndex(store)
+    index = open_embedded_store(store)
     config = _encoder_config(model, query_prompt, document_prompt, batch_size, index.metadata.get(ENCODER_METADATA_KEY),
                              backend=backend)
     documents = read_documents(source)
@@ -78,10 +78,11 @@ def index_command(
     summary = index_documents(
         DualEncoder(config), index, documents, meta_fields_to_embed=meta_field or (), progress_bar=progress
     )
+    index.set_metadata(ENCODER_METADATA_KEY, config.to_dict())
     console.print(
         f"Indexed {len(documents)} documents into [bold]{store}[/bold] in {time.perf_counter() - started:.1f} s: "
         f"{summary.encoded} encoded, {summary.unchanged} unchanged, {summary.without_text} without text. "
-        f"The store now holds {len(index)} documents."
+        f"The store now holds {index.count()} documents."
     )
 
 
@@ -95,16 +96,15 @@ def search_command(
     backend: BackendOption = None,
 ) -> None:
     """Search an embedded store; the encoder recorded at indexing time is used unless --model is given."""
-    if not (store / "manifest.json").exists():
+    if not store.is_dir() or not any(store.iterdir()):
         raise DualEncoderError(f"No embedded store at '{store}'. Create one with: dual-encoder index <source> --store {store}")
-    index = EmbeddedIndex(store)
+    index = open_embedded_store(store)
     config = _encoder_config(model, None, None, None, index.metadata.get(ENCODER_METADATA_KEY), backend=backend)
     try:
         parsed_filters = json.loads(filters) if filters else None
     except json.JSONDecodeError as error:
         raise DualEncoderError(f"--filters is not valid JSON ({error.msg}).") from error
-    hits = search(DualEncoder(config), index, question, top_k=top_k, filters=parsed_filters)
-    _print_hits(question, hits)
+    _print_hits(question, search(DualEncoder(config), index, question, top_k=top_k, filters=parsed_filters))
 
 
 @app.command("demo")
@@ -120,7 +120,7 @@ def demo_command(
         with resources.as_file(sample / "corpus.jsonl") as corpus:
             documents = read_documents(corpus)
         encoder = DualEncoder(EncoderConfig(model="all-MiniLM-L6-v2"))
-        index = EmbeddedIndex(directory)
+        index = open_embedded_store(directory)
         started = time.perf_counter()
         summary = index_documents(encoder, index, documents, meta_fields_to_embed=["title"], progress_bar=False)
         console.print(
@@ -162,27 +162,29 @@ def evaluate_command(
     batch_size: Annotated[Optional[int], typer.Option(help="Texts per forward pass.")] = None,
     backend: BackendOption = None,
     store: Annotated[Optional[Path], typer.Option("--store", "-s", help="Keep the embedded index here (re-runs skip unchanged documents).")] = None,
-    store_type: Annotated[str, typer.Option(help="embedded | weaviate (a running server; see `dual-encoder weaviate start`).")] = "embedded",
-    weaviate_url: Annotated[Optional[str], typer.Option(help="Weaviate REST URL (default: $WEAVIATE_URL).")] = None,
-    weaviate_grpc_port: Annotated[Optional[int], typer.Option(help="Weaviate gRPC port (default: $WEAVIATE_GRPC_PORT or 50051).")] = None,
-    weaviate_collection: Annotated[str, typer.Option(help="Weaviate collection to index into (one per encoder).")] = "DualEncoderEvaluation",
+    store_type: Annotated[str, typer.Option(help="embedded, or the name of a store plug-in (configured with --store-option).")] = "embedded",
+    store_option: Annotated[Optional[list[str]], typer.Option("--store-option", help="key=value for a plug-in store (repeatable), e.g. url=http://127.0.0.1:8080 collection=SciFact.")] = None,
+    exact: Annotated[Optional[bool], typer.Option("--exact/--approximate", help="Force exact or approximate search (default: the store chooses).")] = None,
     output: Annotated[Optional[Path], typer.Option(help="Write the metrics as JSON here.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Write a PNG of recall@k here.")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
 ) -> None:
     """Embed a BEIR corpus into a store and report nDCG@10, Recall@10/100, MRR@10 and MAP@100."""
-    from dual_encoder.evaluation import evaluate_store, evaluation_store, plot_recall_curve
+    from dual_encoder.evaluation import evaluate_store, plot_recall_curve
+    from dual_encoder.plugins import open_store, parse_options
 
+    encoder = DualEncoder(_encoder_config(model, query_prompt, document_prompt, batch_size, backend=backend))
     if store_type == "embedded":
-        target = evaluation_store("embedded", path=store)
+        if store_option:
+            raise typer.BadParameter("--store-option is for plug-in stores; the embedded store takes --store DIR.")
+        target = open_embedded_store(store, similarity=encoder.similarity)
     else:
         if store is not None:
-            raise typer.BadParameter("--store is the embedded store's folder; with --store-type weaviate leave it out.")
-        target = evaluation_store(store_type, url=weaviate_url, collection_name=weaviate_collection,
-                                  grpc_port=weaviate_grpc_port)
-    encoder = DualEncoder(_encoder_config(model, query_prompt, document_prompt, batch_size, backend=backend))
+            raise typer.BadParameter(f"--store is the embedded store's folder; with --store-type {store_type} use --store-option.")
+        # Evaluation corpora go to their own collection unless one is named, never into the users' default one.
+        target = open_store(store_type, **{"collection": "DualEncoderEvaluation", **parse_options(store_option)})
     started = time.perf_counter()
-    report = evaluate_store(folder, split=split, encoder=encoder, store=target, progress_bar=progress)
+    report = evaluate_store(folder, split=split, encoder=encoder, store=target, progress_bar=progress, exact=exact)
     table = Table(title=f"{folder.name} ({split}): {report.queries} queries, {report.documents} documents, "
                         f"model {encoder.config.model}, {store_type} store", title_justify="left")
     for name in ("ndcg@10", "recall@10", "recall@100", "mrr@10", "map@100"):
@@ -275,64 +277,24 @@ def train_command(
     )
 
 
-weaviate_app = typer.Typer(no_args_is_help=True, help="Run a local single-node Weaviate server (built from source, no Docker).")
-app.add_typer(weaviate_app, name="weaviate")
-DataOption = Annotated[Path, typer.Option("--data", "-d", help="Directory for the node's data, log and state.")]
+def _add_plugin_commands() -> None:
+    """Sub-apps other packages register (``dual_encoder.cli`` entry points)."""
+    from dual_encoder.plugins import cli_apps
+
+    for name, sub_app in cli_apps().items():
+        app.add_typer(sub_app, name=name)
 
 
-@weaviate_app.command("start")
-def weaviate_start(
-    data: DataOption = Path("weaviate-data"),
-    port: Annotated[int, typer.Option(help="REST port on 127.0.0.1.")] = 8080,
-    grpc_port: Annotated[int, typer.Option(help="gRPC port on 127.0.0.1.")] = 50051,
-    api_key_env: Annotated[Optional[str], typer.Option(help="Require the API key held in this environment variable.")] = None,
-) -> None:
-    """Start a node on 127.0.0.1 and wait until it is ready (builds weaviate-server the first time)."""
-    running = WeaviateServer.attach(data)
-    if running is not None:
-        raise WeaviateServerError(f"A node already runs for {data} at {running.url} (pid {running.pid}); stop it first.")
-    api_keys = []
-    if api_key_env:
-        if not os.environ.get(api_key_env):
-            raise WeaviateServerError(f"--api-key-env names {api_key_env}, but that environment variable is empty.")
-        api_keys = [os.environ[api_key_env]]
-    server = WeaviateServer(data_dir=data, http_port=port, grpc_port=grpc_port, api_keys=api_keys).start(quiet=False)
-    console.print(
-        f"Weaviate {WEAVIATE_VERSION} is ready at [bold]{server.url}[/bold] (gRPC port {server.ports.grpc}), "
-        f"data in {server.data_dir}, pid {server.pid}. Stop it with: dual-encoder weaviate stop --data {data}"
-    )
+_add_plugin_commands()
 
 
-@weaviate_app.command("stop")
-def weaviate_stop(data: DataOption = Path("weaviate-data")) -> None:
-    """Stop the node started for this data directory."""
-    server = WeaviateServer.attach(data)
-    if server is None:
-        console.print(f"No node is running for {data}.")
-        return
-    server.stop()
-    console.print(f"Stopped the node for {data} that ran at {server.url}.")
-
-
-@weaviate_app.command("status")
-def weaviate_status(data: DataOption = Path("weaviate-data")) -> None:
-    """Show whether a node runs for this data directory, and where."""
-    server = WeaviateServer.attach(data)
-    built = "built" if binary_path().is_file() else "not built yet"
-    if server is None:
-        console.print(f"No node is running for {data}. Binary: {binary_path()} ({built}).")
-        raise typer.Exit(code=1)
-    state = "ready" if server.is_ready() else "running but not ready"
-    console.print(f"Node for {data}: {state} at {server.url} (gRPC {server.ports.grpc}), pid {server.pid}.")
-
-
-def _print_hits(question: str, hits: list[SearchHit]) -> None:
-    table = Table(title=f"[bold]{question}[/bold]", title_justify="left", show_lines=False)
+def _print_hits(question: str, result: SearchResult) -> None:
+    table = Table(title=f"[bold]{question}[/bold] ({result.method} search)", title_justify="left", show_lines=False)
     table.add_column("#", justify="right")
     table.add_column("score", justify="right")
     table.add_column("id")
     table.add_column("text", overflow="fold")
-    for rank, hit in enumerate(hits, start=1):
+    for rank, hit in enumerate(result.hits, start=1):
         text = (hit.record.content or "").replace("\n", " ")
         title = hit.record.meta.get("title")
         snippet = (f"{title}: " if title else "") + (text[:160] + ("…" if len(text) > 160 else ""))

@@ -1,7 +1,7 @@
 """Metadata filters in Haystack's filter syntax, evaluated without Haystack.
 
 The syntax is the one every Haystack document store accepts, so the same filter dict works on the embedded
-store, on Weaviate and from LangChain::
+store, on other stores and from LangChain::
 
     {"field": "meta.year", "operator": ">=", "value": 2020}
     {"operator": "AND", "conditions": [
@@ -212,19 +212,6 @@ _COMPARATORS: dict[str, Callable[[Any, Any], bool]] = {
     "in": _in,
     "not in": lambda value, expected: not _in(value, expected),
 }
-
-
-def rename_fields(filters: Mapping[str, Any] | None, names: Mapping[str, str]) -> dict[str, Any] | None:
-    """A copy of ``filters`` with the ``field`` of every comparison renamed by ``names`` (for stores whose
-    property names differ from Haystack's, such as Weaviate's ``_original_id`` for ``id``)."""
-    if filters is None:
-        return None
-    if "field" in filters:
-        return {**filters, "field": names.get(filters["field"], filters["field"])}
-    renamed = dict(filters)
-    if isinstance(filters.get("conditions"), list):
-        renamed["conditions"] = [rename_fields(child, names) for child in filters["conditions"]]
-    return renamed
 
 
 def from_simple_mapping(filters: Mapping[str, Any] | None) -> dict[str, Any] | None:

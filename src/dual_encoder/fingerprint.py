@@ -174,22 +174,6 @@ def check_store_compatible(encoder: EncoderFingerprint, stored: StoredSpace | No
         )
 
 
-def describe_stored_space(space: StoredSpace) -> str:
-    """A JSON text recording a stored space, for stores that keep a free-text description."""
-    return json.dumps({"dual_encoder": {"document_space": space.document_space, "dimension": space.dimension,
-                                        "similarity": space.similarity}})
-
-
-def parse_stored_space(text: str | None) -> StoredSpace | None:
-    """The space recorded by :func:`describe_stored_space`, or ``None`` when ``text`` records none."""
-    try:
-        record = json.loads(text or "")["dual_encoder"]
-    except (ValueError, KeyError, TypeError):
-        return None
-    return StoredSpace(document_space=record.get("document_space"), dimension=record.get("dimension"),
-                       similarity=record.get("similarity"))
-
-
 def space_of_documents(
     documents: Iterable[tuple[str, str | None, int | None]], recorded: StoredSpace | None, where: str
 ) -> StoredSpace | None:
