@@ -83,11 +83,25 @@ def scifact_embedded(scifact_folder):
 @pytest.fixture(scope="session")
 def weaviate_server(tmp_path_factory):
     """A real Weaviate node on free loopback ports for the whole session (built or reused, always stopped)."""
-    from dual_encoder.weaviate_server import WeaviateServer
+    from dual_encoder_weaviate.server import WeaviateServer
 
     server = WeaviateServer(data_dir=tmp_path_factory.mktemp("weaviate")).start(quiet=False)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def weaviate_cluster(tmp_path_factory):
+    """A real 3-node Weaviate cluster on free loopback ports (node1..node3, one data directory each), started
+    with the same code as ``dual-encoder weaviate start --nodes 3`` and always stopped."""
+    from dual_encoder_weaviate.server import WeaviateCluster
+
+    cluster = WeaviateCluster(data_dir=tmp_path_factory.mktemp("weaviate-cluster"), nodes=3)
+    try:
+        cluster.start(quiet=False, timeout=300)
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture
