@@ -367,15 +367,10 @@ def test_haystack_hybrid_retriever(haystack_store):
 
 
 # ------------------------------------------------------------------------------- the embedded store's own
-def _embedded_keyword_search() -> bool:
-    from dual_encoder.embedded import EmbeddedStore
-
-    return EmbeddedStore.supports_keyword_search
-
-
-@pytest.mark.skipif(not _embedded_keyword_search(), reason="the embedded store has no keyword index in this build")
 def test_embedded_store_keyword_search_persists_and_follows_changes(tmp_path):
     from dual_encoder.embedded import EmbeddedStore
+
+    assert EmbeddedStore.supports_keyword_search
 
     def record(key, text, group="a"):
         vector = np.random.default_rng(len(key)).normal(size=4).astype(np.float32)
@@ -421,7 +416,6 @@ def test_hybrid_yaml_example_matches_its_builder(tmp_path, monkeypatch):
     assert yaml.safe_load(yaml_file.read_text()) == module.build_hybrid_query_pipeline().to_dict(), "regenerate it"
 
 
-@pytest.mark.skipif(not _embedded_keyword_search(), reason="the embedded store has no keyword index in this build")
 def test_hybrid_yaml_example_runs_on_the_embedded_store(tmp_path, monkeypatch):
     from haystack import Pipeline
 
