@@ -18,6 +18,7 @@ import os
 import shutil
 import statistics
 import time
+from pathlib import Path
 
 from _common import RESULTS, SCIFACT, WORK, write_result
 
@@ -101,7 +102,7 @@ def main() -> None:
     trained = evaluate_on_test(str(result.model_path))
     payload = {
         "architecture": arguments.architecture,
-        "config": config.to_dict(),
+        "config": _without_machine_paths(config.to_dict()),
         "training_seconds": round(result.report["timings"]["training_seconds"], 1),
         "mining_seconds": round(result.report["timings"]["mining_seconds"], 1),
         "dev_evaluation_seconds": round(result.report["timings"]["evaluation_seconds"], 1),
@@ -120,6 +121,17 @@ def main() -> None:
     path = write_result(f"training_{arguments.architecture}{arguments.tag}", payload)
     print(json.dumps({k: v for k, v in payload.items() if k not in ("config", "references_ndcg@10")}, indent=2))
     print(f"written to {path}")
+
+
+def _without_machine_paths(config: dict) -> dict:
+    """Paths relative to the repository (results are committed and must not name this machine's folders)."""
+    repository = Path(__file__).resolve().parents[1]
+    relative = {}
+    for key, value in config.items():
+        if isinstance(value, str) and Path(value).is_absolute():
+            value = os.path.relpath(value, repository)
+        relative[key] = value
+    return relative
 
 
 if __name__ == "__main__":
