@@ -473,3 +473,22 @@ def test_filter_values_read_from_the_database_keep_json_types(store):
         ]
         assert [r.id for r in store.list(condition)] == expected, condition
     assert store._columns_on_demand, "field values are read from the database, not held per row"
+
+
+def test_large_filtered_gather_on_two_threads_matches_numpy():
+    """Filtered exact search above the single-thread size splits its gather over two threads; same answer."""
+    from dual_encoder.embedded.store import _SINGLE_THREAD_MAX_ELEMENTS, _exact_top
+
+    rng = np.random.default_rng(3)
+    rows, dimension = 60_000, 384
+    matrix = rng.standard_normal((rows, dimension), dtype=np.float32)
+    inv_norms = (1 / np.linalg.norm(matrix, axis=1)).astype(np.float32)
+    valid = rng.random(rows) < 0.4
+    assert valid.sum() * dimension > _SINGLE_THREAD_MAX_ELEMENTS  # the two-thread path runs
+    query = rng.standard_normal(dimension).astype(np.float32)
+    slots, scores = _exact_top(matrix, inv_norms, np.arange(rows), valid, query, 10, "cosine")
+    reference = (matrix @ (query / np.linalg.norm(query))) * inv_norms
+    reference[~valid] = -np.inf
+    expected = np.argsort(-reference, kind="stable")[:10]
+    assert list(slots) == list(expected)
+    np.testing.assert_allclose(scores, reference[expected], atol=1e-5)

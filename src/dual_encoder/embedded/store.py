@@ -48,6 +48,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -1216,10 +1217,7 @@ def _exact_top(
     if allowed <= _GATHER_MAX_FRACTION * end:
         positions = np.flatnonzero(valid)
         scores = np.empty(len(positions), dtype=np.float32)
-        with _blas_threads_for(len(positions) * matrix.shape[1]):
-            for start in range(0, len(positions), _GATHER_BLOCK_ROWS):
-                block = positions[start : start + _GATHER_BLOCK_ROWS]
-                scores[start : start + len(block)] = matrix[block] @ query
+        _score_gathered(matrix, positions, query, scores)
         if cosine:
             scores *= inv_norms[positions]
     else:
@@ -1241,6 +1239,43 @@ def _exact_top(
     order = np.lexsort((seq[slots], -chosen))[:k]
     top = chosen[order]
     return slots[order], np.clip(top, -1.0, 1.0) if cosine else top
+
+
+def _score_blocks(matrix: np.ndarray, positions: np.ndarray, query: np.ndarray, out: np.ndarray) -> None:
+    for start in range(0, len(positions), _GATHER_BLOCK_ROWS):
+        block = positions[start : start + _GATHER_BLOCK_ROWS]
+        out[start : start + len(block)] = matrix[block] @ query
+
+
+def _score_gathered(matrix: np.ndarray, positions: np.ndarray, query: np.ndarray, out: np.ndarray) -> None:
+    """``out[i] = matrix[positions[i]] @ query``, gathered in cache-sized blocks, never as one big copy.
+
+    A large gather runs its two halves on two threads, each with one BLAS thread: one thread cannot saturate
+    the memory bus with gathers, and BLAS threads on 1,024-row blocks only add hand-over cost
+    (benchmarks/README.md, Store scale).
+    """
+    elements = len(positions) * matrix.shape[1]
+    if elements <= _SINGLE_THREAD_MAX_ELEMENTS:
+        with _blas_threads_for(elements):
+            _score_blocks(matrix, positions, query, out)
+        return
+    half = (len(positions) // 2 // _GATHER_BLOCK_ROWS) * _GATHER_BLOCK_ROWS
+    with _blas_threads_for(0):  # one BLAS thread inside each of the two gathering threads
+        other = _gather_pool().submit(_score_blocks, matrix, positions[:half], query, out[:half])
+        _score_blocks(matrix, positions[half:], query, out[half:])
+        other.result()
+
+
+_gather_executor: ThreadPoolExecutor | None = None
+_gather_executor_lock = threading.Lock()
+
+
+def _gather_pool() -> ThreadPoolExecutor:
+    global _gather_executor
+    with _gather_executor_lock:
+        if _gather_executor is None:
+            _gather_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedded-store-gather")
+        return _gather_executor
 
 
 def _scores(rows: np.ndarray, inv_norms: np.ndarray, query: np.ndarray, similarity: str) -> np.ndarray:
