@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -27,6 +26,9 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine  # noqa: E402
 
 from dual_encoder.embedded.columns import MetaColumns
 from dual_encoder.filters import compile_filter
@@ -54,19 +56,6 @@ FILTERS = {
         {"field": "meta.timestamp", "operator": "<", "value": "2016-12-31T12:00:00"},
     ]},
 }
-
-
-def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
-            "date": time.strftime("%Y-%m-%d")}
 
 
 def load() -> list[float]:
