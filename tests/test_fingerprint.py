@@ -41,7 +41,7 @@ def test_mismatch_error_names_both_sides(minilm):
 
 
 def test_dimension_mismatch_is_refused(minilm):
-    with pytest.raises(DimensionMismatchError, match="holds 768-d embeddings.*produces 384-d"):
+    with pytest.raises(DimensionMismatchError, match=r"holds 768-d embeddings.*produces 384-d"):
         check_store_compatible(minilm.fingerprint, StoredSpace(document_space=None, dimension=768), where="the store")
 
 

@@ -5,9 +5,21 @@ that identity explicit so stores and retrievers can refuse to mix spaces instead
 
 ``document_space`` covers everything that decides where a document lands: the document tower's weights
 and module configuration (module by module, so the same tower inside or outside a ``Router`` hashes the
-same), the document prompt, normalisation, output dimension, similarity and truncation length. Not the
-backend that computes it (``EncoderConfig.backend``): float32 torch and OpenVINO bfloat16 place documents
-within cosine 0.9999 of each other, so they share a space (see ``DualEncoder.fingerprint``).
+same), the document prompt (its resolved text, however it was chosen), normalisation, output dimension,
+similarity and truncation length.
+
+It leaves out the backend that computes the vectors (``EncoderConfig.backend``), although the backends do not
+all run the same numbers: ``openvino`` and ``openvino-bf16`` run the model's weights at another arithmetic
+precision, and ``openvino-int8`` runs a quantised copy of the fully connected layers' weights. The digest is
+always taken from the model's reference weights (the float32 torch weights, which stay loaded under every
+backend), and every backend computes an approximation of that one function. The fingerprint guards against
+vectors that cannot be compared (other weights, prompt, normalisation, truncation); a backend's deviation is
+bounded and small, so its vectors stay comparable with the reference ones (cosine to float32 and nDCG@10 of
+each backend: ``benchmarks/README.md``, Faster CPU encoding). Leaving it out is what lets an index built on
+one machine be queried on another whose CPU gets another backend (``"auto"``), and what makes a change of
+backend re-encode nothing. The price: a store written with several backends holds vectors that differ from the
+reference within that tolerance, and scores move by as much. Anyone who needs bit-identical vectors fixes
+``backend`` in the encoder definition.
 
 A query tower is **compatible** with a stored space when the encoder it belongs to reports the same
 ``document_space``: it was saved together with exactly that document tower. A light query tower trained
@@ -25,8 +37,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from dual_encoder.errors import DimensionMismatchError, EncoderMismatchError
 

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from dual_encoder.errors import ConfigurationError, ModelNotFoundError, NotAModelError
 
@@ -46,7 +47,7 @@ _MODEL_MARKERS = ("modules.json", "config.json")
 
 def _looks_like_path(name: str) -> bool:
     # A Hub id is "owner/name" or "name"; anything with more structure is meant as a path.
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
 
 
 def resolve_model_location(name: str) -> str:
@@ -87,25 +88,38 @@ def load_shared_model(
     """Load a model, or return the instance this process already loaded with the same options.
 
     ``backend`` (see :data:`dual_encoder.config.BACKENDS`) is part of the identity: an ``"openvino-bf16"``
-    encoder never hands its instance to a ``"torch"`` one, or the other way round.
+    encoder never hands its instance to a ``"torch"`` one, or the other way round. ``"auto"`` shares the
+    instance of the backend it resolves to; a model it cannot convert is loaded on torch once, with one warning.
     """
-    from dual_encoder.acceleration import BACKEND_PRECISIONS, accelerate, check_backend_device
+    from dual_encoder.acceleration import (
+        AUTO_BACKEND,
+        BACKEND_PRECISIONS,
+        accelerate,
+        check_backend_device,
+        resolve_backend,
+    )
+    from dual_encoder.config import BACKENDS
 
-    if backend not in BACKEND_PRECISIONS:
-        raise ConfigurationError(f"backend must be one of {tuple(BACKEND_PRECISIONS)}, got {backend!r}.")
+    if backend not in BACKENDS:
+        raise ConfigurationError(f"backend must be one of {BACKENDS}, got {backend!r}.")
+    requested, backend = backend, resolve_backend(backend, device)
     check_backend_device(backend, device)
     location = resolve_model_location(name)
     key = (location, device, trust_remote_code, max_seq_length, backend)
+    # Where "auto" fell back to torch for this model, so later encoders neither retry nor warn again.
+    fallback_key = (*key[:-1], f"{AUTO_BACKEND}->torch")
     with _lock:
         model = _shared_models.get(key)
+        if model is None and requested == AUTO_BACKEND:
+            model = _shared_models.get(fallback_key)
         if model is None:
-            load_device = "cpu" if backend != "torch" else device
+            load_device = "cpu" if BACKEND_PRECISIONS[backend] is not None else device
             model = _load(name, location, device=load_device, trust_remote_code=trust_remote_code)
             if max_seq_length is not None:
                 model.max_seq_length = max_seq_length
             model.eval()
-            accelerate(model, backend, name=name)
-            _shared_models[key] = model
+            runs_on = accelerate(model, backend, name=name, fall_back_to_torch=requested == AUTO_BACKEND)
+            _shared_models[fallback_key if runs_on != backend else key] = model
         return model
 
 
@@ -124,11 +138,17 @@ def _load(name: str, location: str, *, device: str | None, trust_remote_code: bo
                 f"Model folder '{name}' could not be loaded ({type(error).__name__}: {error}). The folder looks "
                 f"like a model but is incomplete or corrupt: save the model again, or point to another folder."
             ) from error
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
+        offline = [
+            variable
+            for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+            if os.environ.get(variable, "").strip().lower() in {"1", "true", "yes", "on"}
+        ]
         hint = (
-            " The Hugging Face Hub is disabled here (HF_HUB_OFFLINE=1): use a local folder or a packaged alias."
+            f" The Hugging Face Hub is switched off here ({' and '.join(f'{v}=1' for v in offline)}). Use a local "
+            f"model folder or a packaged alias, or allow the Hub: unset {' and '.join(offline)} (with ./dev, run "
+            f"DEV_ALLOW_HUB=1 ./dev ...; the test suite always stays offline)."
             if offline
-            else " Check the name, or that the Hugging Face Hub is reachable."
+            else " Check the name, and that the Hugging Face Hub is reachable from this machine."
         )
         raise ModelNotFoundError(
             f"Model '{name}' is not a local folder, not a known alias ({', '.join(sorted(MODEL_ALIASES))}), and "
