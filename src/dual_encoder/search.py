@@ -4,7 +4,8 @@ Example::
 
     encoder = DualEncoder("all-MiniLM-L6-v2")
     store = open_embedded_store("my-index")
-    index_documents(encoder, store, read_documents("notes/"))
+    passages = PassageSplitter.for_encoder(encoder).split_documents(read_documents("notes/"))
+    index_documents(encoder, store, passages, replace_sources=True)
     for hit in search(encoder, store, "How do heat pumps work?", top_k=3).hits:
         print(hit.score, hit.record.id)
 """
@@ -15,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from dual_encoder.chunking import stale_passage_ids
 from dual_encoder.documents import DocumentInput, embed_documents
 from dual_encoder.encoder import DualEncoder
 from dual_encoder.stores.contract import DuplicatePolicy, SearchResult, Store, StoredRecord, validate_search
@@ -25,10 +27,15 @@ ENCODER_METADATA_KEY = "encoder"
 
 @dataclass(frozen=True)
 class IndexingSummary:
+    """What :func:`index_documents` did: documents ``encoded`` now, stored ``unchanged`` (nothing written),
+    ``without_text`` (stored without an embedding), ``written`` (new or changed), and stale passages
+    ``removed`` (``replace_sources=True`` only)."""
+
     encoded: int
     unchanged: int
     without_text: int
     written: int
+    removed: int = 0
 
 
 def index_documents(
@@ -38,11 +45,17 @@ def index_documents(
     *,
     meta_fields_to_embed: Sequence[str] = (),
     progress_bar: bool = False,
+    replace_sources: bool = False,
 ) -> IndexingSummary:
     """Embed ``documents`` with the document tower and upsert them into ``store``.
 
     Documents the store already holds with the same text and document space keep their stored embedding
     (nothing is encoded) and are not written again, so re-running over an unchanged corpus costs lookups only.
+
+    :param replace_sources: ``documents`` are passages from :class:`~dual_encoder.chunking.PassageSplitter`
+        and hold *every* passage of their sources: after writing them, delete the stored passages of those
+        sources that are not among them (a document that got shorter leaves none behind). Leave it off when
+        writing a source's passages in several calls.
     """
     store.check_encoder(encoder.fingerprint)
     fresh = [DocumentInput(id=doc.id, content=doc.content, meta=doc.meta) for doc in documents]
@@ -55,11 +68,13 @@ def index_documents(
         for doc, outcome in zip(fresh, outcomes)
     ]
     summary = store.upsert(records, policy=DuplicatePolicy.OVERWRITE, stored=stored)
+    removed = store.delete(stale_passage_ids(store, fresh)) if replace_sources else 0
     return IndexingSummary(
         encoded=sum(o.status == "encoded" for o in outcomes),
         unchanged=summary.unchanged,
         without_text=sum(o.status == "empty" for o in outcomes),
         written=summary.written,
+        removed=removed,
     )
 
 
