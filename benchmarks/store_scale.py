@@ -4,11 +4,14 @@ Synthetic 384-d unit vectors (random: the hard case for approximate search) with
 (``year`` 2000..2023, so ``meta.year >= 2018`` matches 25%, ``source``, ``lang``). For each size the store
 is built once in ``benchmarks/.work/``; every measurement then runs in a fresh subprocess, so its peak RSS
 is the store's and not the generator's. Haystack's ``InMemoryDocumentStore`` runs beside it where it can.
+Exact search through the store's 8-bit codes is measured side by side with the plain float32 scan on the same
+store (``exact_search_codes``: each query both ways, wall-clock and CPU time, identical ids checked).
 
 Usage::
 
     .venv/bin/python benchmarks/store_scale.py --sizes 100000            # ~2 min
     .venv/bin/python benchmarks/store_scale.py --sizes 100000 1000000    # ~20 min; writes results/store_scale.json
+    .venv/bin/python benchmarks/store_scale.py --no-approximate --haystack-max 0 --output store_scale_exact_codes
 """
 
 from __future__ import annotations
@@ -137,6 +140,7 @@ def measure(size: int, path: Path, repeat: int, approximate: bool) -> dict:
     )
     out["rss_after_reopen"] = rss()
 
+    out["exact_search_codes"] = measure_codes(store, path, query_vectors, repeat)
     exact = [ms(lambda q=q: store.vector_search(q, top_k=10, exact=True)) for q in query_vectors[:repeat]]
     filtered = [
         ms(lambda q=q: store.vector_search(q, top_k=10, filters=FILTER, exact=True)) for q in query_vectors[:repeat]
@@ -170,6 +174,69 @@ def measure(size: int, path: Path, repeat: int, approximate: bool) -> dict:
     out["rss_end"] = rss()
     store.close()
     return out
+
+
+def measure_codes(store, path: Path, query_vectors: np.ndarray, repeat: int) -> dict:
+    """Exact top-10 through the 8-bit first pass against the plain float32 scan, side by side: each query runs
+    both ways back to back (alternating which goes first), so load changes hit both alike. Both must return
+    the same ids. Beside wall-clock time, the process CPU time (all threads): on a loaded machine wall-clock
+    time is mostly waiting for a core, CPU time is the work done."""
+    from dual_encoder.embedded import store as store_module
+
+    result: dict = {"threshold_documents": store.quantised_threshold}
+    codes = store._quantised
+    if codes is None:
+        return {**result, "skipped": "the store holds no exact-search codes (below the threshold or faiss missing)"}
+    result["codes_from"] = store.quantised_source
+    saved = list(path.glob(f"{store_module._QUANTISED_PREFIX}*.npz"))
+    result["codes_file_mib"] = round(saved[0].stat().st_size / 2**20, 1) if saved else None
+    result["outliers"] = codes.outliers
+    threshold = store.quantised_threshold
+
+    def both(query: np.ndarray, filters, first_plain: bool) -> tuple[dict, dict, bool]:
+        wall, cpu, ids = {}, {}, {}
+        for plain in (first_plain, not first_plain):
+            store.quantised_threshold = 10**18 if plain else threshold
+            started, started_cpu = time.perf_counter(), time.process_time()
+            hits = store.vector_search(query, top_k=10, filters=filters, exact=True).hits
+            wall[plain] = (time.perf_counter() - started) * 1000
+            cpu[plain] = (time.process_time() - started_cpu) * 1000
+            ids[plain] = [h.record.id for h in hits]
+        store.quantised_threshold = threshold
+        return wall, cpu, ids[False] == ids[True]
+
+    for label, filters in (("unfiltered", None), ("filtered", FILTER)):
+        wall: dict = {False: [], True: []}
+        cpu: dict = {False: [], True: []}
+        same = 0
+        for i, query in enumerate(query_vectors[:repeat]):
+            one_wall, one_cpu, identical = both(query, filters, first_plain=bool(i % 2))
+            for plain in (False, True):
+                wall[plain].append(one_wall[plain])
+                cpu[plain].append(one_cpu[plain])
+            same += identical
+        result[label] = {
+            "codes_p50_ms": p50(wall[False]),
+            "float32_scan_p50_ms": p50(wall[True]),
+            "speedup_of_medians": round(statistics.median(wall[True]) / statistics.median(wall[False]), 2),
+            "codes_cpu_p50_ms": p50(cpu[False]),
+            "float32_scan_cpu_p50_ms": p50(cpu[True]),
+            "cpu_ratio_of_medians": round(statistics.median(cpu[True]) / max(statistics.median(cpu[False]), 1e-3), 2),
+            "identical_ids": f"{same}/{len(wall[False])}",
+        }
+    # What the first pass leaves to rescore, and its error bound, for the unfiltered queries.
+    with store._lock:
+        end = store._end
+        valid = store._live[:end] & store._has_vector[:end]
+    counts, bounds = [], []
+    for query in query_vectors[:repeat]:
+        unit = query / np.linalg.norm(query) if store.similarity == "cosine" else query
+        found = codes.candidates(unit, 10, valid)
+        counts.append(len(found) if found is not None else end)
+        bounds.append(codes.error_bound(unit))
+    result["rescored_rows_p50"] = statistics.median(counts)
+    result["error_bound_p50"] = round(float(statistics.median(bounds)), 5)
+    return result
 
 
 def measure_approximate(store, query_vectors: np.ndarray, repeat: int) -> dict:
@@ -274,7 +341,8 @@ def measure_haystack(size: int, repeat: int) -> dict:
 def _child(command: str, size: int, args) -> dict:
     """Run one phase in a fresh interpreter (clean peak RSS) and return its JSON."""
     output = subprocess.run(
-        [sys.executable, __file__, "--phase", command, "--sizes", str(size), "--repeat", str(args.repeat)]
+        [sys.executable, __file__, "--phase", command, "--sizes", str(size), "--repeat", str(args.repeat),
+         "--work", str(args.work)]
         + (["--no-approximate"] if args.no_approximate else []),
         check=True, capture_output=True, text=True,
     )
@@ -290,11 +358,12 @@ def main() -> None:
     parser.add_argument("--haystack-max", type=int, default=100_000)
     parser.add_argument("--output", default="store_scale")
     parser.add_argument("--reuse", action="store_true", help="measure the stores an earlier run built")
+    parser.add_argument("--work", type=Path, default=WORK, help="where the stores are built (default benchmarks/.work)")
     args = parser.parse_args()
     os.environ.setdefault("HAYSTACK_TELEMETRY_ENABLED", "False")
     if args.phase:
         size = args.sizes[0]
-        path = WORK / f"store_scale-{size}"
+        path = args.work / f"store_scale-{size}"
         if args.phase == "build":
             result = build(size, path)
         elif args.phase == "measure":
@@ -313,7 +382,7 @@ def main() -> None:
     for size in args.sizes:
         entry: dict = {}
         previous = RESULTS / f"{args.output}.json"
-        built = WORK / f"store_scale-{size}"
+        built = args.work / f"store_scale-{size}"
         if args.reuse and built.exists() and previous.exists():
             # The store from an earlier run of the same size (building 1,000,000 documents takes minutes).
             entry["build"] = json.loads(previous.read_text())["sizes"][str(size)]["build"]

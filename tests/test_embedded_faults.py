@@ -47,7 +47,10 @@ _WRITER = """
         return np.random.default_rng(seed).standard_normal(8).astype(np.float32)
 
     path, prefix, start, stop = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    store = EmbeddedStore(path, lock_timeout=60)
+    # An optional fifth argument: the size from which exact search keeps 8-bit codes (then built at once,
+    # kept current by every write and saved on every fifth batch's close()).
+    codes_from = int(sys.argv[5]) if len(sys.argv) > 5 else None
+    store = EmbeddedStore(path, lock_timeout=60, quantised_threshold=codes_from)
     for batch in range(start, stop):
         records = [StoredRecord(id=f"{prefix}{batch}-{j}", content=f"{prefix}{batch}-{j}@0",
                                 embedding=vector(f"{prefix}{batch}-{j}")) for j in range(20)]
@@ -57,6 +60,10 @@ _WRITER = """
         store.upsert(records)
         if batch % 3 == 2:
             store.delete([f"{prefix}{batch - 1}-0"])
+        if codes_from is not None:
+            store.vector_search(vector(hot, batch), top_k=1, exact=True)
+            if batch % 5 == 4:
+                store.close()
         print(batch, flush=True)
 """
 
@@ -71,12 +78,16 @@ def _check_consistent(store: EmbeddedStore) -> list[StoredRecord]:
     return records
 
 
-def test_kill_9_during_writes_loses_no_returned_write(tmp_path):
+@pytest.mark.parametrize("codes_from", [None, 50], ids=["float32-scan", "with-exact-search-codes"])
+def test_kill_9_during_writes_loses_no_returned_write(tmp_path, codes_from):
     path = tmp_path / "store"
     returned: list[int] = []
     start = 0
+    extra = [] if codes_from is None else [str(codes_from)]
     for round_ in range(3):
-        child = _run_child(_WRITER, str(path), "w", str(start), str(start + 10_000), stdout=subprocess.PIPE)
+        child = _run_child(
+            _WRITER, str(path), "w", str(start), str(start + 10_000), *extra, stdout=subprocess.PIPE
+        )
         deadline = time.monotonic() + 60
         wanted = 4 + 3 * round_
         seen = 0
@@ -92,7 +103,7 @@ def test_kill_9_during_writes_loses_no_returned_write(tmp_path):
         returned.extend(int(line) for line in rest.split())
         assert seen == wanted, "the writer did not start"
 
-        store = EmbeddedStore(path)
+        store = EmbeddedStore(path, quantised_threshold=codes_from)
         records = _check_consistent(store)
         ids = {r.id for r in records}
         batches = {int(i[1:].split("-")[0]) for i in ids if i != "whot"}
@@ -114,6 +125,17 @@ def test_kill_9_during_writes_loses_no_returned_write(tmp_path):
         assert int(hot.content.split("@")[1]) >= max(returned)
         hit = store.vector_search(hot.embedding, top_k=1).hits[0]
         assert hit.record.id == "whot" and hit.score == pytest.approx(1.0, abs=1e-5)
+        if codes_from is not None:
+            # The codes (saved before the kill plus the change log, or rebuilt) rank exactly like the float32 scan.
+            assert store._quantised is not None and len(store._quantised) == store.count()
+            rng = np.random.default_rng(round_)
+            for _ in range(10):
+                query = rng.standard_normal(DIM).astype(np.float32)
+                with_codes = store.vector_search(query, top_k=10, exact=True)
+                store.quantised_threshold = 10**12
+                plain = store.vector_search(query, top_k=10, exact=True)
+                store.quantised_threshold = codes_from
+                assert [h.record.id for h in with_codes.hits] == [h.record.id for h in plain.hits]
         store.close()
         start = max(batches | set(returned)) + 1
 
@@ -222,8 +244,9 @@ def test_two_writer_processes_interleave_without_corruption(tmp_path):
     assert len(records) == reader.count() == 2 * per_prefix
 
 
-def test_threads_searching_during_writes_see_no_torn_records(tmp_path):
-    store = EmbeddedStore(tmp_path / "store")
+@pytest.mark.parametrize("codes_from", [None, 50], ids=["float32-scan", "with-exact-search-codes"])
+def test_threads_searching_during_writes_see_no_torn_records(tmp_path, codes_from):
+    store = EmbeddedStore(tmp_path / "store", quantised_threshold=codes_from)
     ids = [f"t{i}" for i in range(300)]
     store.upsert([StoredRecord(id=i, content=f"{i}@0", embedding=_vector(i)) for i in ids])
     stop = threading.Event()
@@ -268,6 +291,8 @@ def test_threads_searching_during_writes_see_no_torn_records(tmp_path):
     assert searches[0] > 20
     assert store.count() == 300
     _check_consistent(store)
+    if codes_from is not None:
+        assert store._quantised is not None and len(store._quantised) == 300
 
 
 def test_filters_on_fields_some_documents_lack_follow_haystack(tmp_path):

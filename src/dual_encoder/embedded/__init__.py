@@ -12,6 +12,7 @@ from dual_encoder.embedded.storage import StoreLockedError
 from dual_encoder.embedded.store import (
     DEFAULT_APPROXIMATE_THRESHOLD,
     DEFAULT_LOCK_TIMEOUT,
+    DEFAULT_QUANTISED_THRESHOLD,
     EmbeddedStore,
     open_embedded_store,
 )
@@ -19,6 +20,7 @@ from dual_encoder.embedded.store import (
 __all__ = [
     "DEFAULT_APPROXIMATE_THRESHOLD",
     "DEFAULT_LOCK_TIMEOUT",
+    "DEFAULT_QUANTISED_THRESHOLD",
     "EmbeddedStore",
     "StoreLockedError",
     "open_embedded_store",

@@ -318,7 +318,10 @@ class ApproximateIndex:
             bitmap = np.packbits(member, bitorder="little")
         # Bit i of byte i // 8 is code i; codes past the bitmap are not members.
         selector = None if bitmap is None else faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))
-        search_params = faiss.SearchParametersIVF(sel=selector, nprobe=int(self.params["probe"]))
+        # faiss's generated stubs omit the keyword arguments its Python wrapper accepts.
+        search_params = faiss.SearchParametersIVF(  # type: ignore[call-arg]
+            sel=selector, nprobe=int(self.params["probe"])
+        )
         with _OmpThreads(int(self.params["threads"])):
             _, found = self._index.search(prepared, wanted, params=search_params)
         found = found[0]
@@ -348,7 +351,7 @@ class ApproximateIndex:
             arrays["vectors"] = self._own[arrays["positions"]]
         temporary = path.with_name(path.name + ".tmp")
         with open(temporary, "wb") as file:
-            np.savez(file, **arrays)
+            np.savez(file, **arrays)  # type: ignore[arg-type]  # numpy's stub fears a key could fill allow_pickle
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)

@@ -178,6 +178,7 @@ class _DateTable:
                 instants.append(0)
                 continue
             wall, offset = split  # aware, with a fixed offset
+            assert offset is not None  # moment carries a time zone, so its split has an offset
             kinds.append(_AWARE)
             walls.append(wall)
             instants.append(wall - offset)
@@ -264,9 +265,9 @@ class _Column:
         """The row's value as the reference sees it (numbers come back as floats, which compare the same)."""
         kind = self.kind[row]
         if kind == _NUM:
-            return float(self.number[row])
+            return float(self._numbers()[row])
         if kind == _STR:
-            return self.vocabulary[self.code[row]]
+            return self.vocabulary[self._codes()[row]]
         if kind == _OTHER:
             return self.other[row]
         return None
@@ -300,6 +301,7 @@ class _Column:
         elif kind == _OTHER:
             self.other[row] = value
         if self.order_kind is not None:
+            assert self.order_wall is not None  # allocated together with order_kind, in ordering_rows
             if kind != _STR:
                 self.order_kind[row] = 0
                 return
@@ -363,7 +365,8 @@ class _Column:
         """Refresh the per-row ordering parse of ``rows``, which hold strings."""
         dates = self.order_dates
         dates.extend(self.vocabulary, _parse_ordering_date, _SLOW)
-        codes = self.code[rows]
+        codes = self._codes()[rows]
+        assert self.order_kind is not None and self.order_wall is not None  # callers allocate them first
         self.order_kind[rows] = dates.kind[codes]
         self.order_wall[rows] = dates.wall[codes]
         if self.order_instant is not None:
@@ -372,7 +375,7 @@ class _Column:
             # Instants differ from wall-clock times only for zone-aware strings: kept once the first one appears.
             self.order_instant = np.zeros(self.kind.size, np.int64)
             every = np.flatnonzero(self.kind == _STR)
-            self.order_instant[every] = dates.instant[self.code[every]]
+            self.order_instant[every] = dates.instant[self._codes()[every]]
 
     def ordering_rows(self, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Per-row date kind, wall-clock and instant microseconds of the first ``size`` rows' strings (instants
@@ -383,6 +386,7 @@ class _Column:
             self.order_wall = np.zeros(capacity, np.int64)
             self._order_rows(np.flatnonzero(self.kind == _STR))
         instant = None if self.order_instant is None else self.order_instant[:size]
+        assert self.order_kind is not None and self.order_wall is not None  # allocated together, above
         return self.order_kind[:size], self.order_wall[:size], instant
 
     def shrink_vocabulary(self) -> None:
@@ -390,8 +394,8 @@ class _Column:
         if len(self.vocabulary) <= 2 * self.count_string + 4096:
             return
         rows = np.flatnonzero(self.kind == _STR)
-        used, codes = np.unique(self.code[rows], return_inverse=True)
-        self.code[rows] = codes
+        used, codes = np.unique(self._codes()[rows], return_inverse=True)
+        self._codes()[rows] = codes
         self.vocabulary = [self.vocabulary[code] for code in used.tolist()]
         self.codes_of = {text: code for code, text in enumerate(self.vocabulary)}
         # Date tables are indexed by code: parse again on demand. Per-row ordering caches stay valid.
@@ -452,7 +456,7 @@ class MetaColumns:
     ``(None, None, None)``.
     """
 
-    def __init__(self, values: Callable[[str], tuple[Sequence[int], Sequence[Any]]] | None = None) -> None:
+    def __init__(self, values: Callable[[str], tuple[np.ndarray | Sequence[int], Sequence[Any]]] | None = None) -> None:
         self._lock = threading.RLock()
         self._size = 0
         self._occupied = np.zeros(0, bool)
@@ -551,7 +555,7 @@ class MetaColumns:
             return  # nothing to update: the source answers for fields filtered on later
         found = _flatten(metas)
         for path in self._dense.keys() | self._sparse.keys() | (self._built if self._source else found.keys()):
-            indices, values = found.get(path, ((), ()))
+            indices, values = found.get(path, ([], []))
             if len(indices) == len(listed):
                 batch = values
             else:
@@ -638,7 +642,7 @@ class MetaColumns:
             out = np.zeros(size, bool)
             count = min(size, self._size)
             alive = self._occupied[: self._size].copy()
-            if predicate is not None and alive.any():
+            if predicate is not None and filters is not None and alive.any():
                 alive &= self._evaluate(filters, alive.copy())
             out[:count] = alive[:count]
             return out
@@ -668,6 +672,7 @@ class MetaColumns:
 
     def _compare(self, field: str, operator: str, value: Any, alive: np.ndarray) -> np.ndarray:
         path = _field_path(field)
+        rows: np.ndarray | None
         if path is None:
             column, rows = None, np.zeros(0, np.intp)
         elif path[0] == "meta":
@@ -675,6 +680,7 @@ class MetaColumns:
         else:
             column, rows = self._text_column(path[0])
         if rows is None:
+            assert column is not None  # only a column over every row comes back without its rows
             return _compare_column(column, operator, value, alive)
         # A column over some rows only: the others hold no value, which compares as None (and never raises).
         out = np.full(self._size, _COMPARATORS[operator](None, value), bool)
@@ -730,7 +736,7 @@ def _equal(column: _Column, candidates: list[Any], alive: np.ndarray, size: int)
                 if exact and number == number:  # no float equals NaN or an int it cannot represent
                     numbers.append(number)
         if numbers:
-            out |= (kind == _NUM) & _equals_any(column.number[:size], numbers)
+            out |= (kind == _NUM) & _equals_any(column._numbers()[:size], numbers)
     if column.count_string:
         _equal_strings(column, candidates, alive, kind, out, size)
     if column.other:
@@ -763,27 +769,27 @@ def _equal_strings(column: _Column, candidates: list[Any], alive: np.ndarray, ki
     if slow:
         _reference(column, "in", candidates, string_rows & alive, out)
         return
-    code = column.code[:size]
+    row_codes = column._codes()[:size]
     if not moments:
         if len(codes) <= _FEW:
             if codes:
-                out |= string_rows & _equals_any(code, codes)
+                out |= string_rows & _equals_any(row_codes, codes)
             return
         table = np.zeros(len(column.vocabulary), bool)
         table[codes] = True
-        out |= string_rows & np.take(table, code, mode="clip")
+        out |= string_rows & np.take(table, row_codes, mode="clip")
         return
     vocabulary_size = len(column.vocabulary)
     dates = column.equal_dates
     dates.extend(column.vocabulary, _as_iso_date, _NOT_DATE)
     table = np.zeros(vocabulary_size, bool)
     table[codes] = True
-    for moment in moments:
-        table |= dates.compare(np.equal, moment, vocabulary_size)
-    out |= string_rows & np.take(table, code, mode="clip")
+    for wanted in moments:
+        table |= dates.compare(np.equal, wanted, vocabulary_size)
+    out |= string_rows & np.take(table, row_codes, mode="clip")
     if dates.count_slow:
         slow_codes = dates.kind[:vocabulary_size] == _SLOW
-        _reference(column, "in", candidates, string_rows & alive & np.take(slow_codes, code, mode="clip"), out)
+        _reference(column, "in", candidates, string_rows & alive & np.take(slow_codes, row_codes, mode="clip"), out)
 
 
 def _order(column: _Column, operator: str, value: Any, alive: np.ndarray, size: int) -> np.ndarray:
@@ -797,7 +803,7 @@ def _order(column: _Column, operator: str, value: Any, alive: np.ndarray, size: 
         return out
     if value_type in (bool, int, float):
         if column.count_number:
-            out |= (kind == _NUM) & _order_numbers(column.number[:size], operator, value)
+            out |= (kind == _NUM) & _order_numbers(column._numbers()[:size], operator, value)
         if column.count_string and (alive & (kind == _STR)).any():
             # The reference parses the string as a date, then fails to parse the number as one.
             raise FilterError(_STRINGS_NOT_ORDERABLE)

@@ -22,13 +22,19 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dual_encoder.keyword import KeywordIndex
 from dual_encoder.stores.contract import SearchHit, SearchResult
+
+if TYPE_CHECKING:
+    import sqlite3
+    from pathlib import Path
+
+    from dual_encoder.stores.contract import StoredRecord
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +50,23 @@ class KeywordSearchMixin:
     supports_keyword_search = True
     _keyword: KeywordIndex | None = None
     _keyword_saved_generation: int = -1
+
+    if TYPE_CHECKING:  # what the mixin reads from its host store
+        path: Path | None
+        location: str
+        _connection: sqlite3.Connection | None
+
+        @property
+        def _db(self) -> sqlite3.Connection: ...
+        _end: int
+        _generation: int
+        _info: dict[str, Any]
+        _live: np.ndarray
+
+        def _filter_mask(self, filters: Mapping[str, Any], size: int) -> np.ndarray: ...
+        def _select_by_slots(self, columns: str, slots: Sequence[int], *, order: bool) -> list[tuple]: ...
+        def _records_from_rows(self, rows: list[tuple]) -> tuple[list[StoredRecord], np.ndarray]: ...
+        def _consistent_read(self, read: Callable[[], tuple[Any, np.ndarray]]) -> Any: ...
 
     # ----------------------------------------------------------------------------------- the search
     def _keyword_search(self, text: str, top_k: int, filters: Mapping[str, Any] | None) -> SearchResult:
@@ -91,13 +114,13 @@ class KeywordSearchMixin:
         index = self._load_saved_keyword()
         if index is None:
             index = KeywordIndex()
-            count = self._connection.execute("SELECT COUNT(*) FROM docs").fetchone()[0]
+            count = self._db.execute("SELECT COUNT(*) FROM docs").fetchone()[0]
             if count:
                 logger.info(
                     "Building the keyword index of %s over %d documents (once: it is kept current and saved "
                     "beside the store).", self.location, count
                 )
-            cursor = self._connection.execute("SELECT slot, content FROM docs")
+            cursor = self._db.execute("SELECT slot, content FROM docs")
             while rows := cursor.fetchmany(_BUILD_CHUNK):
                 index.set_rows([row[0] for row in rows], [row[1] for row in rows])
             self._keyword = index
@@ -129,7 +152,7 @@ class KeywordSearchMixin:
         if generation < self._generation:
             changed = [
                 row[0]
-                for row in self._connection.execute(
+                for row in self._db.execute(
                     "SELECT DISTINCT slot FROM changes WHERE gen > ? AND gen <= ?", (generation, self._generation)
                 )
             ]

@@ -152,7 +152,7 @@ def migrate(path: Path, *, similarity: str | None = None) -> None:
         for key, value in (manifest.get("metadata") or {}).items():
             store.set_metadata(key, value)
         # A self-contained database file (no write-ahead log beside it), so moving the one file moves it all.
-        store._connection.execute("PRAGMA journal_mode=DELETE")
+        store._db.execute("PRAGMA journal_mode=DELETE")
     finally:
         store.close()
     for file in [*staging.glob(f"{VECTOR_FILE_PREFIX}*"), *staging.glob(CHECKPOINT_FILE)]:

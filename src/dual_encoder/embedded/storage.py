@@ -310,11 +310,12 @@ def write_checkpoint(file: Path, generation: int, vectors_file: str | None, arra
     temporary = file.with_name(f".{file.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
     try:
         with open(temporary, "wb") as handle:
+            # The ignore below: numpy's stub fears a key of **arrays could fill allow_pickle.
             np.savez(
                 handle,
                 generation=np.array([generation], dtype=np.int64),
                 vectors_file=np.frombuffer((vectors_file or "").encode(), dtype=np.uint8),
-                **{name: arrays[name] for name in _CHECKPOINT_ARRAYS},
+                **{name: arrays[name] for name in _CHECKPOINT_ARRAYS},  # type: ignore[arg-type]
             )
         os.replace(temporary, file)
     finally:

@@ -8,10 +8,13 @@ machine, in-process, for up to millions of documents:
   database transaction that makes them live, so a crash never exposes a half-written document (see
   :mod:`dual_encoder.embedded.storage`).
 - **Exact search is one matrix-vector product** over the memory-mapped matrix (no second copy), with
-  ties broken by insertion order. Filters (Haystack syntax) are evaluated on columns held in memory and
-  score only the matching rows. Stores with at least ``approximate_threshold`` embedded documents answer
-  from an approximate (ANN) index when one is available, rescoring its candidates exactly; ``exact=True``
-  always scores every candidate.
+  ties broken by insertion order. Stores with at least ``quantised_threshold`` embedded documents also keep
+  8-bit codes of every vector (a quarter of the matrix's bytes, :mod:`dual_encoder.embedded.quantised`):
+  exact search scans the codes, whose error bound tells which rows can be in the top k, and scores only those
+  rows in float32, so the result is the same exact answer for a quarter of the memory traffic. Filters
+  (Haystack syntax) are evaluated on columns held in memory and score only the matching rows. Stores with
+  at least ``approximate_threshold`` embedded documents answer from an approximate (ANN) index when one is
+  available, rescoring its candidates exactly; ``exact=True`` always gives the exact answer.
 - **One writer, many readers.** Any number of processes can open one directory. Writes take a file lock
   (waiting up to ``lock_timeout`` seconds, then :class:`StoreLockedError`); every operation first applies
   the writes other processes committed since the last one (from a change log in the database).
@@ -19,8 +22,9 @@ machine, in-process, for up to millions of documents:
   :meth:`close`, after bulk writes and every few hundred writes) plus the change log since, or else one
   small database row per document; the vectors are paged in by the first search, the filter columns are
   built by the first filtered call, the approximate index is loaded (saved file plus change log) or built
-  by the first approximate search. A write that takes the store past ``approximate_threshold`` in bulk
-  builds the approximate index as it goes, and every later write keeps it current.
+  by the first approximate search, and the codes likewise by the first exact search. A write that takes the
+  store past ``approximate_threshold`` (``quantised_threshold``) in bulk builds the approximate index (the
+  codes) as it goes, and every later write keeps it current.
 
 Scores: ``cosine`` gives the cosine similarity in [-1, 1] (0 for a zero vector); ``dot`` the raw dot
 product.
@@ -38,6 +42,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -47,10 +52,10 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import MappingProxyType
+from types import MappingProxyType, ModuleType
 from typing import Any
 
 import numpy as np
@@ -68,6 +73,7 @@ from dual_encoder.fingerprint import StoredSpace
 from dual_encoder.stores.contract import (
     DuplicatePolicy,
     SearchHit,
+    SearchMethod,
     SearchResult,
     Store,
     StoredRecord,
@@ -102,6 +108,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_APPROXIMATE_THRESHOLD = 200_000
 #: How long a write waits for another process's write to the same directory before StoreLockedError.
 DEFAULT_LOCK_TIMEOUT = 10.0
+#: Stores holding at least this many embedded documents keep 8-bit codes of their vectors beside the float32
+#: matrix, so exact search scans a quarter of the bytes and rescores only the rows that can be in the top k
+#: (:mod:`dual_encoder.embedded.quantised`); below it scanning the float32 matrix is as fast.
+DEFAULT_QUANTISED_THRESHOLD = 50_000
 
 # A write touching more slots than this tells other processes to reload everything instead of logging
 # each slot (a bulk load would otherwise double the database with log rows).
@@ -127,8 +137,38 @@ _CHECKPOINT_EVERY_GENERATIONS = 500
 # The saved approximate index: ann.json names the file and the write generation it reflects.
 _ANN_POINTER = "ann.json"
 _ANN_PREFIX = "ann-"
+# The saved codes of the exact search's first pass, likewise.
+_QUANTISED_POINTER = "quantised.json"
+_QUANTISED_PREFIX = "quantised-"
+# Filtered exact search scores the matching rows straight from the float32 matrix when at most this fraction
+# of rows match (reading them costs less than scanning every code); above it the codes are scanned.
+_GATHER_BEFORE_CODES_FRACTION = 1 / 12
 
 _ROW_COLUMNS = "slot, id, content, meta, extra, has_vector, crc"
+
+
+@dataclasses.dataclass(frozen=True)
+class _DerivedIndex:
+    """An index derived from the store's vectors (the approximate index, exact search's codes): held in memory
+    in the store attribute ``attribute``, kept current by every change (through its methods named ``add``,
+    called with slots and their vectors, and ``remove``, called with slots), saved beside the store as
+    ``<prefix><generation>-<tag>.npz`` named by the pointer file ``pointer`` with the generation it reflects,
+    and loaded (plus the change log since that generation) by the next process that needs it. ``label``
+    names it in log messages."""
+
+    attribute: str
+    pointer: str
+    prefix: str
+    label: str
+    add: str
+    remove: str
+
+
+_APPROXIMATE_INDEX = _DerivedIndex("_ann", _ANN_POINTER, _ANN_PREFIX, "approximate index", "add", "remove")
+_EXACT_SEARCH_CODES = _DerivedIndex(
+    "_quantised", _QUANTISED_POINTER, _QUANTISED_PREFIX, "exact-search codes", "set_rows", "clear_rows"
+)
+_DERIVED_INDEXES = (_APPROXIMATE_INDEX, _EXACT_SEARCH_CODES)
 
 
 class EmbeddedStore(KeywordSearchMixin, Store):
@@ -143,6 +183,8 @@ class EmbeddedStore(KeywordSearchMixin, Store):
         approximate index.
     :param lock_timeout: Seconds a write waits for another process's write before
         :class:`StoreLockedError`.
+    :param quantised_threshold: Embedded-document count from which exact search scans 8-bit codes first and
+        rescores only the rows that can be in the top k (the result is still exact); ``None`` for the default.
     """
 
     supports_keyword_search = True
@@ -154,6 +196,7 @@ class EmbeddedStore(KeywordSearchMixin, Store):
         similarity: str | None = None,
         approximate_threshold: int | None = DEFAULT_APPROXIMATE_THRESHOLD,
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+        quantised_threshold: int | None = DEFAULT_QUANTISED_THRESHOLD,
     ) -> None:
         if similarity is not None and similarity not in SIMILARITIES:
             raise ConfigurationError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}.")
@@ -168,6 +211,9 @@ class EmbeddedStore(KeywordSearchMixin, Store):
             DEFAULT_APPROXIMATE_THRESHOLD if approximate_threshold is None else int(approximate_threshold)
         )
         self.lock_timeout = float(lock_timeout)
+        self.quantised_threshold = (
+            DEFAULT_QUANTISED_THRESHOLD if quantised_threshold is None else int(quantised_threshold)
+        )
         self._requested_similarity = similarity
         self._lock = threading.RLock()
         self._connection: sqlite3.Connection | None = None
@@ -178,19 +224,39 @@ class EmbeddedStore(KeywordSearchMixin, Store):
         self._data_version = -1
         self._end = 0  # one past the highest slot that may hold a document
         self._checkpoint_generation = -1
-        self._ann_saved_generation = -1
+        # The generation of each derived index's saved file (by attribute), once this process saved or loaded it.
+        self._saved_generation: dict[str, int] = {}
         self._allocate_arrays(0)
         self._columns: Any = None
         self._columns_on_demand = False
         self._ann: Any = None
         self._ann_unavailable = False
         self.approximate_index_source: str | None = None
+        self._quantised: Any = None
+        self._quantised_unavailable = False
+        # How the codes came to be: "loaded" (saved file plus change log) or "built" (from the vectors).
+        self.quantised_source: str | None = None
         self._open()
 
     # ------------------------------------------------------------------------------------ opening
     @property
     def _database_file(self) -> Path | None:
         return self.path / DATABASE_FILE if self.path is not None else None
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """The open database connection; only valid after :meth:`_ready` (or :meth:`_open`)."""
+        if self._connection is None:
+            raise RuntimeError(f"{self.location} is closed here; public methods reopen it before reading or writing.")
+        return self._connection
+
+    @property
+    def _vector_file(self) -> VectorFile:
+        """The open vector file; only valid once the store has recorded its embedding space."""
+        if self._vectors is None:
+            raise RuntimeError(f"{self.location} has no vector file open yet; it is created when the first "
+                               "embedding is written.")
+        return self._vectors
 
     def _open(self) -> None:
         if self.path is not None:
@@ -214,13 +280,13 @@ class EmbeddedStore(KeywordSearchMixin, Store):
                 self.similarity = saved
             elif self._requested_similarity != saved:
                 with self._writer.held():
-                    empty = self._connection.execute("SELECT NOT EXISTS (SELECT 1 FROM docs)").fetchone()[0]
+                    empty = self._db.execute("SELECT NOT EXISTS (SELECT 1 FROM docs)").fetchone()[0]
                     if not empty:
                         raise ConfigurationError(
                             f"{self.location} was created with similarity {saved!r}, not "
                             f"{self._requested_similarity!r}. Open it with similarity={saved!r} (or leave it unset)."
                         )
-                    self._transaction(lambda: write_info(self._connection, {"similarity": self._requested_similarity}))
+                    self._transaction(lambda: write_info(self._db, {"similarity": self._requested_similarity}))
             self._full_load()
         if self.path is not None:
             legacy.remove_leftovers(self.path)
@@ -241,7 +307,7 @@ class EmbeddedStore(KeywordSearchMixin, Store):
             "vectors_file": None,
             "vectors_dimension": None,
         }
-        self._transaction(lambda: write_info(self._connection, info))
+        self._transaction(lambda: write_info(self._db, info))
         return info
 
     def _check_format(self, info: dict[str, Any]) -> None:
@@ -283,19 +349,19 @@ class EmbeddedStore(KeywordSearchMixin, Store):
         assert self._connection is not None
         checkpoint = read_checkpoint(self.path / CHECKPOINT_FILE) if self.path is not None else None
         with database_errors(self._database_file):
-            data_version = self._connection.execute("PRAGMA data_version").fetchone()[0]
-            self._connection.execute("BEGIN")
+            data_version = self._db.execute("PRAGMA data_version").fetchone()[0]
+            self._db.execute("BEGIN")
             try:
                 info = read_info(self._connection)
                 self._check_format(info)
                 if checkpoint is not None and not _checkpoint_usable(checkpoint, info):
                     checkpoint = None
                 if checkpoint is None:
-                    rows = self._connection.execute("SELECT slot, seq, norm, has_vector FROM docs").fetchall()
+                    rows = self._db.execute("SELECT slot, seq, norm, has_vector FROM docs").fetchall()
                 else:
                     changed = [
                         row[0]
-                        for row in self._connection.execute(
+                        for row in self._db.execute(
                             "SELECT DISTINCT slot FROM changes WHERE gen > ?", (checkpoint["generation"],)
                         )
                     ]
@@ -303,10 +369,9 @@ class EmbeddedStore(KeywordSearchMixin, Store):
                         "slot, seq, norm, has_vector, id, content, meta", changed, order=False
                     )
             finally:
-                self._connection.execute("COMMIT")
+                self._db.execute("COMMIT")
         self._columns = None
-        self._ann = None
-        self._ann_saved_generation = -1
+        self._forget_derived_indexes()
         self._keyword_forget()
         self._data_version = data_version
         if checkpoint is None:
@@ -390,7 +455,8 @@ class EmbeddedStore(KeywordSearchMixin, Store):
         ]
         # Temporary files of a process killed while saving a checkpoint or the approximate index.
         stale = [file for file in self.path.glob(".*.tmp") if time.time() - _mtime(file) > 600]
-        stale += [file for file in self.path.glob(f"{_ANN_PREFIX}*.tmp") if time.time() - _mtime(file) > 600]
+        for kind in _DERIVED_INDEXES:
+            stale += [file for file in self.path.glob(f"{kind.prefix}*.tmp") if time.time() - _mtime(file) > 600]
         if not orphans and not stale:
             return
         with contextlib.suppress(StoreLockedError), self._short_writer_lock():
@@ -403,7 +469,7 @@ class EmbeddedStore(KeywordSearchMixin, Store):
                     file.unlink(missing_ok=True)
 
     @contextlib.contextmanager
-    def _short_writer_lock(self):
+    def _short_writer_lock(self) -> Iterator[None]:
         saved = self._writer.timeout
         self._writer.timeout = 0.0
         try:
@@ -485,8 +551,7 @@ class EmbeddedStore(KeywordSearchMixin, Store):
                 self._columns.set_rows(
                     slots, [(row[4], row[5], _loads(row[6])) for row in present.values()]
                 )
-        if self._ann is not None:
-            self._ann_update(freed, slots)
+        self._derived_indexes_changed(freed, slots)
         self._keyword_changed(freed, list(present), [row[5] for row in present.values()])
 
     # ------------------------------------------------------------------------------- contract: space
@@ -522,6 +587,7 @@ class EmbeddedStore(KeywordSearchMixin, Store):
                 name = f"{VECTOR_FILE_PREFIX}{uuid.uuid4().hex[:12]}{VECTOR_FILE_SUFFIX}"
                 if self.path is not None:
                     # Created before the commit that names it: a crash leaves an orphan, removed on open.
+                    assert space.dimension is not None  # upsert() records a space only once it knows the dimension
                     created = VectorFile(self.path / name, space.dimension)
                     created.ensure_capacity(self._end)
                     created.close()
@@ -530,7 +596,7 @@ class EmbeddedStore(KeywordSearchMixin, Store):
             facts["generation"] = generation
             if "vectors_file" in facts:
                 facts["reload_generation"] = generation
-            self._transaction(lambda: write_info(self._connection, facts))
+            self._transaction(lambda: write_info(self._db, facts))
             self._generation = generation
             info = {**self._info, **facts}
             if "vectors_file" in facts:
@@ -538,8 +604,10 @@ class EmbeddedStore(KeywordSearchMixin, Store):
                     self._vectors.close()
                     self._vectors = None
                 self._open_vectors(info)
-                self._vectors.ensure_capacity(self._end)
+                self._vector_file.ensure_capacity(self._end)
                 self._slot_gen[:] = generation
+                # Indexes of the old vectors (another dimension) are of no use.
+                self._forget_derived_indexes()
                 if old_file is not None and self.path is not None:
                     (self.path / old_file).unlink(missing_ok=True)
             self._info = info
@@ -559,7 +627,7 @@ class EmbeddedStore(KeywordSearchMixin, Store):
     def _list(self, filters: Mapping[str, Any] | None) -> list[StoredRecord]:
         def read() -> tuple[list[StoredRecord], np.ndarray]:
             if filters is None:
-                rows = self._connection.execute(f"SELECT {_ROW_COLUMNS} FROM docs ORDER BY seq").fetchall()
+                rows = self._db.execute(f"SELECT {_ROW_COLUMNS} FROM docs ORDER BY seq").fetchall()
                 return self._records_from_rows(rows)
             slots = np.flatnonzero(self._filter_mask(filters, self._end))
             slots = slots[np.argsort(self._seq[slots], kind="stable")]
@@ -587,7 +655,7 @@ class EmbeddedStore(KeywordSearchMixin, Store):
             metadata = {**(self._info.get("metadata") or {}), key: value}
             generation = self._generation + 1
             facts = {"metadata": metadata, "generation": generation}
-            self._transaction(lambda: write_info(self._connection, facts))
+            self._transaction(lambda: write_info(self._db, facts))
             self._generation = generation
             self._info = {**self._info, **facts}
 
@@ -600,7 +668,7 @@ class EmbeddedStore(KeywordSearchMixin, Store):
             return
         with self._lock, self._writer.held():
             self._ready()
-            connection = self._connection
+            connection = self._db
             existing = {
                 row[1]: row
                 for row in self._select_in("slot, id, seq, has_vector, crc", "id", [r.id for r in records])
@@ -621,6 +689,7 @@ class EmbeddedStore(KeywordSearchMixin, Store):
             slots = self._free_slots(len(placed))
             top = max(self._end, int(slots.max()) + 1 if len(slots) else 0)
             with_vectors = [i for i, (record, _, _) in enumerate(placed) if record.embedding is not None]
+            new_vectors = [record.embedding for record, _, _ in placed if record.embedding is not None]
             if self._vectors is not None:
                 self._vectors.ensure_capacity(top)
             if with_vectors:
@@ -628,12 +697,10 @@ class EmbeddedStore(KeywordSearchMixin, Store):
                     # Another process emptied the store since upsert() recorded the space: record it again.
                     first = placed[with_vectors[0]][0]
                     self._record_space(StoredSpace(document_space=first.document_space,
-                                                   dimension=int(first.embedding.shape[0])))
-                    self._vectors.ensure_capacity(top)
-                self._vectors.write_rows(
-                    slots[with_vectors], np.stack([placed[i][0].embedding for i in with_vectors])
-                )
-                self._vectors.sync()
+                                                   dimension=int(new_vectors[0].shape[0])))
+                    self._vector_file.ensure_capacity(top)
+                self._vector_file.write_rows(slots[with_vectors], np.stack(new_vectors))
+                self._vector_file.sync()
             generation = self._generation + 1
             next_seq = int(self._info.get("next_seq", 0))
             inserts = []
@@ -701,8 +768,7 @@ class EmbeddedStore(KeywordSearchMixin, Store):
                     np.array([slot for slot, _ in changed], dtype=np.int64),
                     [(r.id, r.content, r.meta) for _, r in changed],
                 )
-            if self._ann is not None:
-                self._ann_update(freed, np.array([slot for slot, _, _ in inserts], dtype=np.int64))
+            self._derived_indexes_changed(freed, np.array([slot for slot, _, _ in inserts], dtype=np.int64))
             self._keyword_changed(
                 freed,
                 [slot for slot, _ in in_place] + [slot for slot, _, _ in inserts],
@@ -717,10 +783,12 @@ class EmbeddedStore(KeywordSearchMixin, Store):
                 embedded = int(np.count_nonzero(self._live[:top] & self._has_vector[:top]))
                 if embedded >= self.approximate_threshold:
                     self._ann_index()
+            if bulk and self._quantised is None:
+                self._quantised_index()  # builds the codes once the store is large enough
             if bulk:
                 # Other processes reload after a bulk write (it is not in the change log): give them current
                 # files to load from.
-                self._save_ann()
+                self._save_derived_indexes()
                 self._save_keyword()
 
     def _same_vector(self, old: tuple, record: StoredRecord, crc: int) -> bool:
@@ -748,15 +816,15 @@ class EmbeddedStore(KeywordSearchMixin, Store):
             facts: dict[str, Any] = {"generation": generation}
 
             def commit() -> None:
-                self._connection.executemany("DELETE FROM docs WHERE slot = ?", [(slot,) for slot in slots])
-                self._connection.executemany(
+                self._db.executemany("DELETE FROM docs WHERE slot = ?", [(slot,) for slot in slots])
+                self._db.executemany(
                     "INSERT INTO changes (gen, slot) VALUES (?, ?)", [(generation, slot) for slot in slots]
                 )
-                embedded = self._connection.execute("SELECT EXISTS (SELECT 1 FROM docs WHERE has_vector)").fetchone()
+                embedded = self._db.execute("SELECT EXISTS (SELECT 1 FROM docs WHERE has_vector)").fetchone()
                 if not embedded[0]:
                     # Nothing embedded is left to protect: the next write may establish another space.
                     facts.update(dimension=None, document_space=None)
-                write_info(self._connection, facts)
+                write_info(self._db, facts)
 
             self._transaction(commit)
             self._generation = generation
@@ -767,8 +835,7 @@ class EmbeddedStore(KeywordSearchMixin, Store):
             self._slot_gen[freed] = generation
             if self._columns is not None:
                 self._columns.clear_rows(freed)
-            if self._ann is not None:
-                self._ann_update(freed, np.zeros(0, dtype=np.int64))
+            self._derived_indexes_changed(freed, np.zeros(0, dtype=np.int64))
             self._keyword_changed(freed, [], [])
             return len(slots)
 
@@ -787,9 +854,9 @@ class EmbeddedStore(KeywordSearchMixin, Store):
             }
 
             def commit() -> None:
-                self._connection.execute("DELETE FROM docs")
-                self._connection.execute("DELETE FROM changes")
-                write_info(self._connection, facts)
+                self._db.execute("DELETE FROM docs")
+                self._db.execute("DELETE FROM changes")
+                write_info(self._db, facts)
 
             self._transaction(commit)
             if self._vectors is not None:
@@ -802,7 +869,7 @@ class EmbeddedStore(KeywordSearchMixin, Store):
             self._full_load()
 
     def _transaction(self, body: Callable[[], None]) -> None:
-        connection = self._connection
+        connection = self._db
         assert connection is not None
         with database_errors(self._database_file):
             connection.execute("BEGIN IMMEDIATE")
@@ -842,10 +909,12 @@ class EmbeddedStore(KeywordSearchMixin, Store):
             if filters is not None:
                 valid &= self._filter_mask(filters, end)
             found = self._approximate(vector, top_k, valid, exact, filters is not None)
-        method = "approximate" if found is not None else "exact"
+            quantised = self._quantised_index() if found is None else None
+        method: SearchMethod = "approximate" if found is not None else "exact"
+        examined: list[np.ndarray] = []
         if found is None:
             # The long part runs without the lock, so searches overlap each other and writes.
-            found = _exact_top(matrix, inv_norms, seq, valid, vector, top_k, self.similarity)
+            found = _exact_top(matrix, inv_norms, seq, valid, vector, top_k, self.similarity, quantised, examined)
         slots, scores = found
         with self._lock:
             records: dict[int, StoredRecord] = {}
@@ -862,6 +931,8 @@ class EmbeddedStore(KeywordSearchMixin, Store):
             if not locked:
                 self._refresh()
                 if len(records) != len(slots) or self._changed_since(slots, generation):
+                    return None
+                if examined and self._changed_since(examined[0], generation):
                     return None
             return SearchResult(
                 hits=[SearchHit(record=records[int(s)], score=float(v)) for s, v in zip(slots, scores)], method=method
@@ -902,7 +973,7 @@ class EmbeddedStore(KeywordSearchMixin, Store):
         positions = positions[valid[positions]]
         if len(positions) == 0:
             return None
-        matrix = self._vectors.matrix
+        matrix = self._vector_file.matrix
         scores = _scores(matrix[positions], self._inv_norms[positions], vector, self.similarity)
         order = np.lexsort((self._seq[positions], -scores))[:top_k]
         return positions[order], scores[order]
@@ -919,7 +990,7 @@ class EmbeddedStore(KeywordSearchMixin, Store):
         except ImportError:
             self._ann_unavailable = True
             return None
-        index = self._load_saved_ann(ApproximateIndex)
+        index = self._load_saved(_APPROXIMATE_INDEX, ApproximateIndex)
         # How the approximate index came to be: "loaded" (saved file plus change log) or "built" (from vectors).
         self.approximate_index_source = "loaded" if index is not None else "built"
         if index is None:
@@ -930,15 +1001,46 @@ class EmbeddedStore(KeywordSearchMixin, Store):
                 block = slots[start : start + 65_536]
                 index.add(block, np.asarray(self._vectors.matrix[block], dtype=np.float32))
             self._ann = index
-            self._save_ann()  # building is the expensive part: keep it for the next open
+            self._save_derived(_APPROXIMATE_INDEX)  # building is the expensive part: keep it for the next open
         self._ann = index
         return index
 
-    def _load_saved_ann(self, index_class: Any) -> Any:
+    def _ann_rows(self, positions: np.ndarray) -> np.ndarray:
+        """Rows of the store's matrix, for the derived indexes to read vectors from (called under ``_lock``)."""
+        assert self._vectors is not None
+        return self._vectors.matrix[positions]
+
+    # ------------------------------------------------------------------------------- derived indexes
+    def _derived_indexes_changed(self, removed: np.ndarray, added: np.ndarray) -> None:
+        """Mirror a committed change in every derived index held in memory: ``removed`` slots lost their
+        document, ``added`` slots hold a new one (with or without a vector). Call under ``_lock``."""
+        for kind in _DERIVED_INDEXES:
+            index = getattr(self, kind.attribute)
+            if index is None:
+                continue
+            if len(removed):
+                getattr(index, kind.remove)(removed)
+            vectors = added[self._has_vector[added]] if len(added) else added
+            if len(vectors):
+                getattr(index, kind.add)(vectors, np.asarray(self._vector_file.matrix[vectors], dtype=np.float32))
+
+    def _forget_derived_indexes(self) -> None:
+        """Drop the derived indexes held in memory (the next use loads or builds them again)."""
+        for kind in _DERIVED_INDEXES:
+            setattr(self, kind.attribute, None)
+        self._saved_generation = {}
+
+    def _save_derived_indexes(self) -> None:
+        for kind in _DERIVED_INDEXES:
+            self._save_derived(kind)
+
+    def _load_saved(self, kind: _DerivedIndex, index_class: Any) -> Any:
+        """``kind``'s index saved beside the store, brought up to date from the change log; ``None`` when there is
+        none, it cannot be brought up to date (a bulk write or ``delete_all`` since), or it does not load."""
         if self.path is None:
             return None
         try:
-            pointer = json.loads((self.path / _ANN_POINTER).read_text(encoding="utf-8"))
+            pointer = json.loads((self.path / kind.pointer).read_text(encoding="utf-8"))
             generation = int(pointer["generation"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
@@ -946,23 +1048,22 @@ class EmbeddedStore(KeywordSearchMixin, Store):
             _checkpoint_usable({"generation": generation, "vectors_file": pointer.get("vectors_file")}, self._info)
             and generation <= self._generation
             and pointer.get("similarity") == self.similarity
-            and pointer.get("dimension") == self._vectors.dimension
+            and pointer.get("dimension") == self._vector_file.dimension
         )
         if not usable:
             return None
         try:
             index = index_class.load(
-                self.path / str(pointer["file"]), self._vectors.dimension, self.similarity, vectors=self._ann_rows
+                self.path / str(pointer["file"]), self._vector_file.dimension, self.similarity, vectors=self._ann_rows
             )
-        except Exception as error:  # a damaged or foreign index file is only a cache: rebuild it
-            logger.warning(
-                "Rebuilding the approximate index of %s: the saved one did not load (%s).", self.location, error
-            )
+        except Exception as error:  # a damaged or foreign file is only a cache: rebuild it
+            logger.warning("Rebuilding the %s of %s: the saved one did not load (%s).", kind.label, self.location,
+                           error)
             return None
         if generation < self._generation:
             with database_errors(self._database_file):
                 changed = np.array(
-                    [row[0] for row in self._connection.execute(
+                    [row[0] for row in self._db.execute(
                         "SELECT DISTINCT slot FROM changes WHERE gen > ? AND gen <= ?", (generation, self._generation)
                     )],
                     dtype=np.int64,
@@ -971,30 +1072,28 @@ class EmbeddedStore(KeywordSearchMixin, Store):
             inside = changed < self._end
             keep[inside] = self._live[changed[inside]] & self._has_vector[changed[inside]]
             if len(changed[~keep]):
-                index.remove(changed[~keep])
+                getattr(index, kind.remove)(changed[~keep])
             if len(changed[keep]):
-                index.add(changed[keep], np.asarray(self._vectors.matrix[changed[keep]], dtype=np.float32))
-        self._ann_saved_generation = generation
+                rows = np.asarray(self._vector_file.matrix[changed[keep]], dtype=np.float32)
+                getattr(index, kind.add)(changed[keep], rows)
+        self._saved_generation[kind.attribute] = generation
         return index
 
-    def _ann_rows(self, positions: np.ndarray) -> np.ndarray:
-        """Rows of the store's matrix, for the approximate index to rescore from (called under ``_lock``)."""
-        assert self._vectors is not None
-        return self._vectors.matrix[positions]
-
-    def _save_ann(self) -> None:
-        """Save the approximate index beside the store, tagged with the generation it reflects."""
-        if self.path is None or self._ann is None or self._ann_saved_generation == self._generation:
+    def _save_derived(self, kind: _DerivedIndex) -> None:
+        """Save ``kind``'s index beside the store, tagged with the generation it reflects."""
+        index = getattr(self, kind.attribute)
+        if self.path is None or index is None or self._saved_generation.get(kind.attribute) == self._generation:
             return
+        pointer_file = self.path / kind.pointer
         try:
-            newer = json.loads((self.path / _ANN_POINTER).read_text(encoding="utf-8"))["generation"] > self._generation
+            newer = json.loads(pointer_file.read_text(encoding="utf-8"))["generation"] > self._generation
         except (OSError, ValueError, KeyError, TypeError):
             newer = False
         if newer:  # another process saved a later state: keep it
             return
-        name = f"{_ANN_PREFIX}{self._generation}-{uuid.uuid4().hex[:8]}.npz"
+        name = f"{kind.prefix}{self._generation}-{uuid.uuid4().hex[:8]}.npz"
         try:
-            self._ann.save(self.path / name)
+            index.save(self.path / name)
             pointer = {
                 "file": name,
                 "generation": self._generation,
@@ -1002,25 +1101,57 @@ class EmbeddedStore(KeywordSearchMixin, Store):
                 "similarity": self.similarity,
                 "dimension": self._vectors.dimension if self._vectors is not None else None,
             }
-            temporary = self.path / f".{_ANN_POINTER}.{name}.tmp"
+            temporary = self.path / f".{kind.pointer}.{name}.tmp"
             temporary.write_text(json.dumps(pointer), encoding="utf-8")
-            os.replace(temporary, self.path / _ANN_POINTER)
+            os.replace(temporary, pointer_file)
         except OSError as error:
-            logger.warning("Could not save the approximate index of %s (%s); it is rebuilt when needed.",
+            logger.warning("Could not save the %s of %s (%s); it is rebuilt when needed.", kind.label,
                            self.location, error)
             return
-        self._ann_saved_generation = self._generation
-        for old in self.path.glob(f"{_ANN_PREFIX}*"):
+        self._saved_generation[kind.attribute] = self._generation
+        for old in self.path.glob(f"{kind.prefix}*"):
             if old.name != name:
                 shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
 
-    def _ann_update(self, removed: np.ndarray, added: np.ndarray) -> None:
-        assert self._ann is not None and self._vectors is not None
-        if len(removed):
-            self._ann.remove(removed)
-        added = added[self._has_vector[added]] if len(added) else added
-        if len(added):
-            self._ann.add(added, np.asarray(self._vectors.matrix[added], dtype=np.float32))
+    # ------------------------------------------------------------------------------ exact search codes
+    def _quantised_index(self) -> Any:
+        """The 8-bit codes of every embedded slot for exact search's first pass, or ``None`` when the store is
+        below ``quantised_threshold`` (or faiss is missing).
+
+        Loaded from the file saved with the store when that is recent enough (then brought up to date from the
+        change log), else built from the matrix and saved. Call under ``_lock``."""
+        if self._quantised_unavailable or self._vectors is None:
+            return None
+        if self._quantised is not None:
+            return self._quantised if self._end >= self.quantised_threshold else None
+        end = self._end
+        if end < self.quantised_threshold:
+            return None
+        embedded = np.flatnonzero(self._live[:end] & self._has_vector[:end])
+        if len(embedded) < self.quantised_threshold:
+            return None
+        try:
+            from dual_encoder.embedded.quantised import QuantisedVectors
+        except ImportError:
+            self._quantised_unavailable = True
+            return None
+        index = self._load_saved(_EXACT_SEARCH_CODES, QuantisedVectors)
+        if index is not None and not np.array_equal(index.encoded(end), self._live[:end] & self._has_vector[:end]):
+            logger.warning("Rebuilding the exact-search codes of %s: the saved ones do not match the documents.",
+                           self.location)
+            index = None
+        self.quantised_source = "loaded" if index is not None else "built"
+        if index is None:
+            logger.info("Encoding %d vectors of %s for exact search (once: the codes are kept current and saved "
+                        "beside the store).", len(embedded), self.location)
+            index = QuantisedVectors(self._vectors.dimension, self.similarity, vectors=self._ann_rows)
+            for start in range(0, len(embedded), 65_536):
+                block = embedded[start : start + 65_536]
+                index.set_rows(block, np.asarray(self._vectors.matrix[block], dtype=np.float32))
+            self._quantised = index
+            self._save_derived(_EXACT_SEARCH_CODES)
+        self._quantised = index
+        return index
 
     # ------------------------------------------------------------------------------------- filters
     def _filter_mask(self, filters: Mapping[str, Any], size: int) -> np.ndarray:
@@ -1048,10 +1179,10 @@ class EmbeddedStore(KeywordSearchMixin, Store):
             self._columns_on_demand = not needs_records
             with database_errors(self._database_file):
                 if needs_records:
-                    rows = self._connection.execute("SELECT slot, id, content, meta FROM docs").fetchall()
+                    rows = self._db.execute("SELECT slot, id, content, meta FROM docs").fetchall()
                     records = [(row[1], row[2], _loads(row[3])) for row in rows]
                 else:
-                    rows = self._connection.execute("SELECT slot FROM docs").fetchall()
+                    rows = self._db.execute("SELECT slot FROM docs").fetchall()
                     records = [(None, None, None)] * len(rows)  # occupancy only: values come on demand
             if rows:
                 columns.set_rows(np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows)), records)
@@ -1063,7 +1194,7 @@ class EmbeddedStore(KeywordSearchMixin, Store):
         when missing). Called by the filter columns from inside ``mask``, so under ``_lock``."""
         with database_errors(self._database_file):
             if field in ("id", "content"):
-                rows = self._connection.execute(f"SELECT slot, {field} FROM docs").fetchall()
+                rows = self._db.execute(f"SELECT slot, {field} FROM docs").fetchall()
                 return _slots_of(rows), [row[1] for row in rows]
             parts = field.split(".")
             if parts[0] == "meta" and len(parts) > 1:
@@ -1071,16 +1202,16 @@ class EmbeddedStore(KeywordSearchMixin, Store):
             elif len(parts) == 1:
                 keys = parts
             else:  # a dotted field outside meta names nothing a document holds
-                rows = self._connection.execute("SELECT slot FROM docs").fetchall()
+                rows = self._db.execute("SELECT slot FROM docs").fetchall()
                 return _slots_of(rows), [None] * len(rows)
             if any('"' in key for key in keys):
                 # SQLite's JSON paths cannot quote a key holding '"': walk the parsed meta instead.
-                rows = self._connection.execute("SELECT slot, meta FROM docs").fetchall()
+                rows = self._db.execute("SELECT slot, meta FROM docs").fetchall()
                 return _slots_of(rows), [_walk(_loads(row[1]), keys) for row in rows]
             path = "$" + "".join(f'."{key}"' for key in keys)
             # `->` returns the value's JSON text (NULL when missing or under a non-object), parsed here exactly
             # as the stored meta would be (big integers, true/false and nested values included).
-            rows = self._connection.execute("SELECT slot, meta -> ? FROM docs", (path,)).fetchall()
+            rows = self._db.execute("SELECT slot, meta -> ? FROM docs", (path,)).fetchall()
         return _slots_of(rows), [None if row[1] is None else _loads(row[1]) for row in rows]
 
     # ------------------------------------------------------------------------------------- row access
@@ -1090,7 +1221,7 @@ class EmbeddedStore(KeywordSearchMixin, Store):
             for start in range(0, len(values), _SQL_CHUNK):
                 chunk = values[start : start + _SQL_CHUNK]
                 marks = ",".join("?" * len(chunk))
-                rows.extend(self._connection.execute(f"SELECT {columns} FROM docs WHERE {key} IN ({marks})", chunk))
+                rows.extend(self._db.execute(f"SELECT {columns} FROM docs WHERE {key} IN ({marks})", chunk))
         return rows
 
     def _select_by_slots(self, columns: str, slots: Sequence[int], *, order: bool) -> list[tuple]:
@@ -1174,7 +1305,7 @@ class EmbeddedStore(KeywordSearchMixin, Store):
                 with contextlib.suppress(StoreFormatError, StoreLockedError, sqlite3.Error):
                     self._refresh()
                     self._write_checkpoint()
-                    self._save_ann()
+                    self._save_derived_indexes()
                     self._save_keyword()
                 with contextlib.suppress(sqlite3.Error):
                     self._connection.close()
@@ -1184,7 +1315,7 @@ class EmbeddedStore(KeywordSearchMixin, Store):
                 self._vectors = None
             self._writer.close()
             self._columns = None
-            self._ann = None
+            self._forget_derived_indexes()
             self._keyword_forget()
             self._info = {}
             self._data_version = -1
@@ -1202,8 +1333,15 @@ def _exact_top(
     query: np.ndarray,
     top_k: int,
     similarity: str,
+    quantised: Any = None,
+    examined: list[np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Slots and scores of the ``top_k`` best valid rows: higher score first, then lower ``seq``."""
+    """Slots and scores of the ``top_k`` best valid rows: higher score first, then lower ``seq``.
+
+    With ``quantised`` (:class:`~dual_encoder.embedded.quantised.QuantisedVectors` of every valid row) its
+    codes are scanned first and only the rows that can be in the top k are scored; the result is the same.
+    Those rows are appended to ``examined``: a write that changed one of them while the search ran may have
+    misled the first pass, so the caller searches again."""
     end = matrix.shape[0]
     allowed = int(np.count_nonzero(valid))
     k = min(top_k, allowed)
@@ -1214,14 +1352,22 @@ def _exact_top(
         # Scaling the query once turns each dot product into a cosine after one multiply by 1/|row|.
         length = float(np.linalg.norm(query))
         query = query / np.float32(length) if length > 0 else query
-    if allowed <= _GATHER_MAX_FRACTION * end:
+    positions = None
+    if quantised is not None and allowed > _GATHER_BEFORE_CODES_FRACTION * end:
+        try:
+            positions = quantised.candidates(query, k, valid)
+        except ValueError as error:  # codes out of step with the rows: never answer from them
+            logger.warning("Exact search scans the float32 vectors: %s", error)
+        if positions is not None and examined is not None:
+            examined.append(positions)
+    if positions is None and allowed <= _GATHER_MAX_FRACTION * end:
         positions = np.flatnonzero(valid)
+    if positions is not None:
         scores = np.empty(len(positions), dtype=np.float32)
         _score_gathered(matrix, positions, query, scores)
         if cosine:
             scores *= inv_norms[positions]
     else:
-        positions = None
         with _blas_threads_for(matrix.size):
             scores = np.asarray(matrix @ query, dtype=np.float32)
         if cosine:
@@ -1296,7 +1442,7 @@ def _inverse(norm: float) -> float:
 _blas_controller = None
 
 
-def _blas_threads_for(elements: int):
+def _blas_threads_for(elements: int) -> contextlib.AbstractContextManager[Any]:
     global _blas_controller
     if elements > _SINGLE_THREAD_MAX_ELEMENTS:
         return contextlib.nullcontext()
@@ -1334,6 +1480,7 @@ def _norm(vector: np.ndarray | None) -> float:
     return 0.0 if vector is None else float(np.linalg.norm(vector))
 
 
+_orjson: ModuleType | None
 try:
     import orjson as _orjson
 except ImportError:  # optional: only makes the first filtered call on a large store faster
@@ -1450,6 +1597,7 @@ def open_embedded_store(
 __all__ = [
     "DEFAULT_APPROXIMATE_THRESHOLD",
     "DEFAULT_LOCK_TIMEOUT",
+    "DEFAULT_QUANTISED_THRESHOLD",
     "EmbeddedStore",
     "StoreLockedError",
     "open_embedded_store",

@@ -1,0 +1,562 @@
+"""An exact first pass for the embedded store's exact search: 8-bit codes with a guaranteed error bound.
+
+Exact float32 top-k over a large store is bound by memory bandwidth (every query reads the whole float32
+matrix). :class:`QuantisedVectors` keeps one byte per dimension per row instead (a quarter of the bytes) and
+answers "which rows can be in the exact top k?" with a candidate set that provably contains them; the store
+then scores only those candidates in float32, so the result is the exact float32 top k, ties included.
+
+**Codes.** Each dimension ``i`` has a range ``[lower_i, lower_i + width_i]`` (the vectors' own range at the
+last (re)build, widened by a margin) cut into 255 steps of ``step_i = width_i / 255``; a value ``v`` is stored
+as ``c = floor((v - lower_i) / step_i)`` and read back as ``lower_i + (c + 0.5) * step_i`` (faiss's
+``QT_8bit`` scalar quantiser decodes exactly so, and scans the codes). For cosine the unit vectors
+``v / |v|`` are encoded (a zero vector stays zero), for dot the raw vectors.
+
+**The bound.** For a row ``d`` whose every component lies in its range, each decoded component is within
+``step_i / 2`` of the true one, so for any query ``q``::
+
+    |q . d - q . d_hat| <= sum_i |q_i| * step_i / 2 =: B(q)
+
+and also ``<= |q| * |d - d_hat| <= |q| * R`` with ``R`` the largest residual norm of any encoded in-range row.
+The error bound is ``E(q) = min(B(q), |q| * R)`` plus the float32 rounding of both scores (``4 * dim * 2**-24 *
+|q| * M``, ``M`` bounding every row's and decoded row's norm). Rows with a component outside its range
+("outliers", rare: the ranges carry a margin) are not covered by ``E``; they are always candidates.
+
+**The candidate set.** The scan returns the ``K`` best approximate scores among the allowed rows. With ``t``
+the ``k``-th best approximate score of a non-outlier row, at least ``k`` rows score exactly ``>= t - E``, so
+the exact ``k``-th best is ``>= t - E``; a row can reach it only if its approximate score is ``>= t - 2E``.
+Every row the scan did not return scores at most the ``K``-th returned approximate score ``m``, so when
+``m + E < t - E`` the returned rows with approximate score ``>= t - 2E`` plus the outliers hold every row that
+scores at least the exact ``k``-th best (all ties with it included). Otherwise ``K`` grows, and past
+``max_candidates`` :meth:`QuantisedVectors.candidates` returns ``None``: the caller scans in float32.
+
+**Keeping current.** :meth:`set_rows` encodes new rows in place (rows past the capacity copy the codes into a
+larger buffer; searches running meanwhile keep the old one); when outliers exceed ``max(1024, rows / 200)``
+the ranges are recomputed from every encoded row (read back through ``vectors``) and all rows re-encoded.
+:meth:`clear_rows` forgets rows. :meth:`save` writes one ``.npz`` (no pickle) atomically; :meth:`load` reads it.
+
+Thread safety: writes (:meth:`set_rows`, :meth:`clear_rows`, :meth:`rebuild`) must be serialised by the caller;
+:meth:`candidates` may run concurrently with them and with itself. It reads one consistent state, except that
+:meth:`set_rows` writes the codes of rows that fit the capacity in place: a search that allows a slot which is
+cleared and set again while it runs may rank that slot by its new code, so a caller that reuses slots must
+discard a result when one of the returned candidates changed meanwhile (the store does).
+
+Example::
+
+    import numpy as np
+    from dual_encoder.embedded.quantised import QuantisedVectors
+
+    matrix = np.random.default_rng(0).standard_normal((50_000, 384), dtype=np.float32)
+    codes = QuantisedVectors(384, "dot", vectors=lambda slots: matrix[slots])
+    codes.set_rows(np.arange(len(matrix)), matrix)
+    allowed = np.ones(len(matrix), dtype=bool)
+    slots = codes.candidates(matrix[7], k=10, allowed=allowed)   # superset of the exact top 10, or None
+    scores = matrix[slots] @ matrix[7]                            # rank these exactly
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+try:
+    import faiss
+except ImportError as error:  # pragma: no cover - faiss-cpu is a dependency
+    raise ImportError(
+        "dual_encoder.embedded.quantised needs faiss-cpu: pip install 'faiss-cpu>=1.15,<1.16'"
+    ) from error
+
+__all__ = ["QuantisedVectors"]
+
+_FORMAT = "dual-encoder-quantised-vectors"
+_FORMAT_VERSION = 1
+_SIMILARITIES = ("cosine", "dot")
+_LEVELS = 255
+# Each range is widened by this fraction of its width on both sides, so later rows rarely fall outside it.
+_RANGE_MARGIN = 1 / 16
+# Outliers (rows with a component outside its range) tolerated before every row is re-encoded.
+_MAX_OUTLIERS_MIN = 1024
+_MAX_OUTLIERS_FRACTION = 0.005
+# Rows encoded per numpy block (bounds the temporary float32 arrays).
+_ENCODE_BLOCK = 32_768
+# Bytes read from a saved file at a time.
+_READ_CHUNK = 1 << 24
+# The unit roundoff of float32.
+_UNIT_ROUNDOFF = 2.0**-24
+
+
+@dataclasses.dataclass(frozen=True)
+class _Book:
+    """Everything a search reads, replaced as a whole when the ranges or the capacity change (so a search
+    that started on the old one finishes on a consistent state)."""
+
+    lower: np.ndarray  # float32 (d,)
+    width: np.ndarray  # float32 (d,)
+    index: Any  # faiss.IndexScalarQuantizer whose codes are `codes`
+    codes: np.ndarray  # uint8 (capacity, d), a view of the faiss index's own code buffer
+    encoded: np.ndarray  # bool (capacity,): whether a row holds a current code
+    residual_max: float  # largest |d - d_hat| over encoded rows inside the ranges
+    norm_max: float  # largest |d| and |d_hat| over encoded rows
+    outliers: np.ndarray  # int64 sorted: encoded rows with a component outside its range
+
+    @property
+    def capacity(self) -> int:
+        return int(self.codes.shape[0])
+
+
+class QuantisedVectors:
+    """8-bit codes of float32 rows keyed by slot, for exact top-k candidates (see the module docstring).
+
+    :param dimension: Vector dimension.
+    :param similarity: ``"cosine"`` (rows and queries are compared as unit vectors) or ``"dot"``.
+    :param vectors: ``f(slots: int64 array) -> float32 (len(slots), dimension)``: the current rows, read when
+        the ranges are recomputed. Without it the ranges are never recomputed (outliers stay outliers).
+    :param max_candidates: Largest scan result tried before :meth:`candidates` gives up (returns ``None``).
+    """
+
+    def __init__(
+        self,
+        dimension: int,
+        similarity: str,
+        *,
+        vectors: Callable[[np.ndarray], np.ndarray] | None = None,
+        max_candidates: int = 8192,
+    ) -> None:
+        if similarity not in _SIMILARITIES:
+            raise ValueError(f"Unknown similarity {similarity!r}: use 'cosine' or 'dot'.")
+        if int(dimension) <= 0:
+            raise ValueError(f"dimension must be positive, got {dimension}.")
+        if int(max_candidates) < 1:
+            raise ValueError(f"max_candidates must be >= 1, got {max_candidates}.")
+        self.dimension = int(dimension)
+        self.similarity = similarity
+        self.max_candidates = int(max_candidates)
+        self._vectors_of = vectors
+        self._book: _Book | None = None
+        self.rebuilds = 0  # how often the ranges were recomputed after construction (observable in tests)
+
+    # ------------------------------------------------------------------------------------------ basics
+    def __len__(self) -> int:
+        book = self._book
+        return 0 if book is None else int(np.count_nonzero(book.encoded))
+
+    @property
+    def outliers(self) -> int:
+        """Encoded rows outside the ranges (always rescored exactly)."""
+        return 0 if self._book is None else len(self._book.outliers)
+
+    def __repr__(self) -> str:
+        return (
+            f"QuantisedVectors(dimension={self.dimension}, similarity={self.similarity!r}, {len(self)} rows, "
+            f"{self.outliers} outliers)"
+        )
+
+    def encoded(self, size: int) -> np.ndarray:
+        """Bool mask of length ``size``: which slots hold a current code."""
+        mask = np.zeros(size, dtype=bool)
+        book = self._book
+        if book is not None:
+            shared = min(size, book.capacity)
+            mask[:shared] = book.encoded[:shared]
+        return mask
+
+    # ------------------------------------------------------------------------------------------ writes
+    def set_rows(self, slots: np.ndarray, vectors: np.ndarray) -> None:
+        """Encode ``vectors`` (float32 ``(n, dimension)``, raw: cosine normalises them here) as the rows of
+        ``slots`` (distinct, non-negative), replacing what those slots held."""
+        slots = np.asarray(slots, dtype=np.int64).reshape(-1)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape != (len(slots), self.dimension):
+            raise ValueError(
+                f"set_rows() needs one {self.dimension}-d vector per slot: got {len(slots)} slots and vectors of "
+                f"shape {vectors.shape}."
+            )
+        if len(slots) == 0:
+            return
+        if slots.min() < 0:
+            raise ValueError("Slots must be non-negative integers (the store's row slots).")
+        if len(np.unique(slots)) != len(slots):
+            raise ValueError("set_rows() got the same slot twice in one call: pass each slot once.")
+        prepared = self._prepare(vectors)
+        book = self._book
+        if book is None:
+            book = self._new_book(prepared, int(slots.max()) + 1)
+        elif int(slots.max()) >= book.capacity:
+            book = self._grown(book, int(slots.max()) + 1)
+        residual, norm, outside = self._encode_into(book, slots, prepared)
+        outliers = book.outliers
+        kept_out = outliers[~np.isin(outliers, slots)] if len(outliers) else outliers
+        new_out = slots[outside]
+        inside = ~outside
+        book = dataclasses.replace(
+            book,
+            residual_max=max(book.residual_max, float(residual[inside].max()) if inside.any() else 0.0),
+            norm_max=max(book.norm_max, norm),
+            outliers=np.union1d(kept_out, new_out).astype(np.int64) if len(new_out) else kept_out,
+        )
+        self._book = book
+        book.encoded[slots] = True
+        rows = int(np.count_nonzero(book.encoded))
+        if len(book.outliers) > max(_MAX_OUTLIERS_MIN, _MAX_OUTLIERS_FRACTION * rows) and self._vectors_of is not None:
+            self.rebuild()
+
+    def clear_rows(self, slots: np.ndarray) -> None:
+        """Forget the rows of ``slots`` (slots without a code are ignored)."""
+        book = self._book
+        if book is None:
+            return
+        slots = np.asarray(slots, dtype=np.int64).reshape(-1)
+        slots = slots[(slots >= 0) & (slots < book.capacity)]
+        if len(slots) == 0:
+            return
+        # A new mask, not an in-place change: a search running meanwhile may still allow these slots.
+        encoded = book.encoded.copy()
+        encoded[slots] = False
+        outliers = book.outliers
+        if len(outliers) and np.isin(outliers, slots).any():
+            outliers = outliers[~np.isin(outliers, slots)]
+        self._book = dataclasses.replace(book, encoded=encoded, outliers=outliers)
+
+    def rebuild(self) -> None:
+        """Recompute the ranges from every encoded row (read through ``vectors``) and re-encode them all."""
+        book = self._book
+        if book is None or self._vectors_of is None:
+            return
+        slots = np.flatnonzero(book.encoded)
+        if len(slots) == 0:
+            self._book = None
+            return
+        lower, upper = None, None
+        for start in range(0, len(slots), _ENCODE_BLOCK):
+            block = self._prepare(self._rows(slots[start : start + _ENCODE_BLOCK]))
+            low, high = block.min(axis=0), block.max(axis=0)
+            lower = low if lower is None else np.minimum(lower, low)
+            upper = high if upper is None else np.maximum(upper, high)
+        assert lower is not None and upper is not None  # set by the first block: there is at least one slot
+        fresh = self._empty_book(lower, upper, book.capacity)
+        residual_max, norm_max, outliers = 0.0, 0.0, []
+        for start in range(0, len(slots), _ENCODE_BLOCK):
+            block = slots[start : start + _ENCODE_BLOCK]
+            residual, norm, outside = self._encode_into(fresh, block, self._prepare(self._rows(block)))
+            inside = ~outside
+            if inside.any():
+                residual_max = max(residual_max, float(residual[inside].max()))
+            norm_max = max(norm_max, norm)
+            outliers.append(block[outside])
+        fresh.encoded[slots] = True
+        self._book = dataclasses.replace(
+            fresh, residual_max=residual_max, norm_max=norm_max, outliers=np.concatenate(outliers).astype(np.int64)
+        )
+        self.rebuilds += 1
+
+    # ------------------------------------------------------------------------------------------ search
+    def error_bound(self, query: np.ndarray) -> float:
+        """``E(q)``: a bound on ``|q . d - approximate score|`` for every encoded row inside the ranges, float32
+        rounding of both scores included. ``query`` as given to :meth:`candidates`."""
+        book = self._book
+        if book is None:
+            return math.inf
+        return self._bound(book, np.asarray(query, dtype=np.float64).reshape(-1))
+
+    def candidates(self, query: np.ndarray, k: int, allowed: np.ndarray) -> np.ndarray | None:
+        """Slots (int64, ascending) among which the exact top ``k`` of the ``allowed`` slots lie, with every row
+        tied with the exact ``k``-th best; ``None`` when the scan cannot narrow it down (score every allowed row).
+
+        :param query: float32 query of the index's dimension; for cosine, scaled to unit length by the caller
+            (the scores compared are ``query . d / |d|``).
+        :param k: How many best rows the caller wants.
+        :param allowed: Bool mask by slot; every allowed slot must hold a code (else ``ValueError``).
+        """
+        book = self._book
+        query = np.ascontiguousarray(np.asarray(query, dtype=np.float32).reshape(1, -1))
+        if query.shape[1] != self.dimension:
+            raise ValueError(f"Query has dimension {query.shape[1]}; these codes hold {self.dimension}-d vectors.")
+        allowed = np.asarray(allowed, dtype=bool).reshape(-1)
+        size = len(allowed)
+        if book is None or k <= 0:
+            return None
+        if size > book.capacity and allowed[book.capacity :].any():
+            raise ValueError("candidates(): some allowed slots lie beyond the encoded rows.")
+        allowed = allowed[: book.capacity]
+        if (allowed & ~book.encoded[: len(allowed)]).any():
+            raise ValueError("candidates(): some allowed slots hold no code; set_rows() them first.")
+        count = int(np.count_nonzero(allowed))
+        if count == 0:
+            return np.zeros(0, dtype=np.int64)
+        outliers = book.outliers
+        outliers = outliers[outliers < len(allowed)] if len(outliers) else outliers
+        outliers = outliers[allowed[outliers]] if len(outliers) else outliers
+        scanned = allowed
+        if len(outliers):
+            scanned = allowed.copy()
+            scanned[outliers] = False
+        scanned_count = count - len(outliers)
+        if scanned_count < k:
+            return np.flatnonzero(allowed).astype(np.int64)
+        bound = self._bound(book, query[0].astype(np.float64))
+        if not math.isfinite(bound):
+            return None
+        bitmap = np.packbits(scanned, bitorder="little")
+        selector = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))
+        # faiss's generated stubs omit the keyword arguments its Python wrapper accepts.
+        parameters = faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
+        # A longer result costs the scan almost nothing, and one that is too short means a second scan.
+        wanted = min(scanned_count, max(4 * k, k + 256))
+        while True:
+            scores, found = _search_on_one_thread(book.index, query, wanted, parameters)
+            keep = found[0] >= 0
+            scores, found = scores[0][keep].astype(np.float64), found[0][keep]
+            if len(found) < k:  # cannot happen while every allowed slot holds a code; never guess
+                return None
+            # k-th best approximate score minus the bound: the exact k-th best is at least this.
+            floor = scores[k - 1] - bound
+            everything = len(found) < wanted or wanted >= scanned_count
+            if everything or scores[-1] + bound < floor:
+                chosen = found[scores + bound >= floor]
+                return np.union1d(chosen.astype(np.int64), outliers)
+            if wanted >= self.max_candidates:
+                return None
+            wanted = min(scanned_count, self.max_candidates, wanted * 4)
+
+    # ------------------------------------------------------------------------------------- persistence
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the codes to one ``.npz`` file at ``path`` (atomically: a temporary file, then a rename)."""
+        path = Path(path)
+        book = self._book
+        header: dict[str, Any] = {
+            "format": _FORMAT,
+            "version": _FORMAT_VERSION,
+            "dimension": self.dimension,
+            "similarity": self.similarity,
+            "empty": book is None,
+        }
+        arrays: dict[str, np.ndarray] = {}
+        if book is not None:
+            header.update(residual_max=book.residual_max, norm_max=book.norm_max)
+            rows = np.flatnonzero(book.encoded)
+            end = int(rows.max()) + 1 if len(rows) else 0
+            arrays.update(
+                lower=book.lower, width=book.width, codes=book.codes[:end], encoded=book.encoded[:end],
+                outliers=book.outliers,
+            )
+        arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+        temporary = path.with_name(path.name + ".tmp")
+        with open(temporary, "wb") as file:
+            np.savez(file, **arrays)  # type: ignore[arg-type]  # numpy's stub fears a key could fill allow_pickle
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        dimension: int,
+        similarity: str,
+        *,
+        vectors: Callable[[np.ndarray], np.ndarray] | None = None,
+        max_candidates: int = 8192,
+    ) -> QuantisedVectors:
+        """Read codes written by :meth:`save`. Raises ``ValueError`` naming the file when it is not such a file,
+        is damaged, or was written for another dimension or similarity."""
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                # The codes (the bulk of the file) are read later, straight into the scan's buffer.
+                arrays = {name: data[name] for name in data.files if name != "codes"}
+            header = json.loads(arrays["header"].tobytes().decode())
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+            raise ValueError(
+                f"Cannot read the quantised vectors '{path}' ({error}). Delete it: the store rebuilds it from its "
+                "vectors."
+            ) from error
+        if header.get("format") != _FORMAT or header.get("version") != _FORMAT_VERSION:
+            raise ValueError(
+                f"'{path}' is not a version-{_FORMAT_VERSION} quantised-vectors file. Delete it: the store rebuilds it."
+            )
+        if header.get("dimension") != int(dimension) or header.get("similarity") != similarity:
+            raise ValueError(
+                f"The quantised vectors '{path}' hold {header.get('dimension')}-d {header.get('similarity')} codes, "
+                f"not {dimension}-d {similarity}. Delete it: the store rebuilds it."
+            )
+        loaded = cls(dimension, similarity, vectors=vectors, max_candidates=max_candidates)
+        if header["empty"]:
+            return loaded
+        try:
+            lower, width = arrays["lower"], arrays["width"]
+            encoded, outliers = arrays["encoded"], arrays["outliers"]
+            consistent = (
+                lower.shape == width.shape == (dimension,)
+                and encoded.dtype == bool
+                and (len(outliers) == 0 or (outliers.min() >= 0 and outliers.max() < len(encoded)))
+                and bool(np.all(width > 0))
+            )
+        except KeyError as error:
+            raise ValueError(
+                f"The quantised vectors '{path}' lack {error} (truncated or damaged). Delete it: the store rebuilds it."
+            ) from error
+        if not consistent:
+            raise ValueError(f"The quantised vectors '{path}' are inconsistent. Delete it: the store rebuilds it.")
+        book = loaded._empty_book(lower.astype(np.float32), (lower + width).astype(np.float32), len(encoded),
+                                  margin=False, width=width.astype(np.float32))
+        _read_codes(path, book.codes[: len(encoded)])
+        book.encoded[: len(encoded)] = encoded
+        loaded._book = dataclasses.replace(
+            book, residual_max=float(header["residual_max"]), norm_max=float(header["norm_max"]),
+            outliers=outliers.astype(np.int64),
+        )
+        return loaded
+
+    # ------------------------------------------------------------------------------------------ internals
+    def _prepare(self, vectors: np.ndarray) -> np.ndarray:
+        """Rows as encoded: unit rows for cosine (zero rows stay zero), unchanged for dot."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if self.similarity != "cosine":
+            return vectors
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return vectors * np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+
+    def _rows(self, slots: np.ndarray) -> np.ndarray:
+        assert self._vectors_of is not None
+        rows = np.asarray(self._vectors_of(slots), dtype=np.float32)
+        if rows.shape != (len(slots), self.dimension):
+            raise ValueError(
+                f"The vectors= function returned shape {rows.shape} for {len(slots)} slots; it must return one "
+                f"{self.dimension}-d row per slot."
+            )
+        return rows
+
+    def _bound(self, book: _Book, query: np.ndarray) -> float:
+        length = float(np.linalg.norm(query))
+        per_dimension = float(np.abs(query) @ _allowed_error(book.lower, book.width))
+        residual = length * book.residual_max
+        # Both scores are float32 sums of `dimension` products: each is within dimension * u * |q| * |row| of
+        # the real value (u: float32 unit roundoff); decoding adds a few u more.
+        rounding = 4 * self.dimension * _UNIT_ROUNDOFF * length * (book.norm_max + book.residual_max)
+        return min(per_dimension, residual) + rounding
+
+    def _empty_book(
+        self, lower: np.ndarray, upper: np.ndarray, capacity: int, *, margin: bool = True,
+        width: np.ndarray | None = None,
+    ) -> _Book:
+        lower = np.asarray(lower, dtype=np.float32)
+        if width is None:
+            width = np.asarray(upper, dtype=np.float32) - lower
+            if margin:
+                pad = width * np.float32(_RANGE_MARGIN)
+                # A constant dimension still gets a small range, so nearby later values fit.
+                pad = np.maximum(pad, np.float32(1e-6) * np.maximum(np.abs(lower), np.float32(1e-3)))
+                lower = lower - pad
+                width = width + 2 * pad
+        width = np.asarray(width, dtype=np.float32)
+        index = faiss.IndexScalarQuantizer(self.dimension, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+        faiss.copy_array_to_vector(np.concatenate([lower, width]).astype(np.float32), index.sq.trained)
+        index.is_trained = True
+        capacity = max(int(capacity), 1)
+        index.codes.resize(capacity * self.dimension)
+        index.ntotal = capacity
+        # Zero-filled by the resize; rows only count once `encoded` says so.
+        codes = faiss.rev_swig_ptr(index.codes.data(), capacity * self.dimension).reshape(capacity, self.dimension)
+        return _Book(
+            lower=lower, width=width, index=index, codes=codes, encoded=np.zeros(capacity, dtype=bool),
+            residual_max=0.0, norm_max=0.0, outliers=np.zeros(0, dtype=np.int64),
+        )
+
+    def _new_book(self, prepared: np.ndarray, rows: int) -> _Book:
+        return self._empty_book(prepared.min(axis=0), prepared.max(axis=0), max(rows, 1024))
+
+    def _grown(self, book: _Book, rows: int) -> _Book:
+        capacity = max(rows, book.capacity + book.capacity // 2)
+        grown = self._empty_book(book.lower, None, capacity, margin=False, width=book.width)  # type: ignore[arg-type]
+        grown.codes[: book.capacity] = book.codes
+        grown.encoded[: book.capacity] = book.encoded
+        return dataclasses.replace(
+            grown, residual_max=book.residual_max, norm_max=book.norm_max, outliers=book.outliers
+        )
+
+    def _encode_into(
+        self, book: _Book, slots: np.ndarray, prepared: np.ndarray
+    ) -> tuple[np.ndarray, float, np.ndarray]:
+        """Write the codes of ``prepared`` rows at ``slots``; returns each row's residual norm, the largest norm
+        of a row or its decoding, and which rows have a component outside its range."""
+        scale = np.float32(_LEVELS) / book.width
+        allowed_error = _allowed_error(book.lower, book.width).astype(np.float32)
+        residuals = np.empty(len(slots), dtype=np.float64)
+        outside = np.empty(len(slots), dtype=bool)
+        norm = 0.0
+        for start in range(0, len(slots), _ENCODE_BLOCK):
+            rows = prepared[start : start + _ENCODE_BLOCK]
+            codes = rows - book.lower
+            codes *= scale
+            np.floor(codes, out=codes)
+            np.clip(codes, 0, _LEVELS, out=codes)
+            book.codes[slots[start : start + len(rows)]] = codes.astype(np.uint8)
+            # Decoded exactly as faiss's QT_8bit decodes: lower + ((c + 0.5) / 255) * width; `codes` becomes the
+            # error row - decoded.
+            codes += np.float32(0.5)
+            codes /= np.float32(_LEVELS)
+            codes *= book.width
+            codes += book.lower
+            np.subtract(rows, codes, out=codes)
+            outside[start : start + len(rows)] = (np.abs(codes) > allowed_error).any(axis=1)
+            # float32 sums of squares: a relative 1e-4 covers their rounding.
+            residuals[start : start + len(rows)] = np.sqrt(np.einsum("ij,ij->i", codes, codes)) * (1 + 1e-4)
+            lengths = np.sqrt(np.einsum("ij,ij->i", rows, rows)) * (1 + 1e-4)
+            # |decoded| <= |row| + |error|.
+            norm = max(norm, float((lengths + residuals[start : start + len(rows)]).max()))
+        return residuals, norm, outside
+
+
+def _allowed_error(lower: np.ndarray, width: np.ndarray) -> np.ndarray:
+    """Per dimension, the largest ``|v - decoded|`` of a value inside the range: half a step, plus a few float32
+    roundings of numbers as large as the range's ends (computing the code and decoding it round)."""
+    lower64 = lower.astype(np.float64)
+    width64 = width.astype(np.float64)
+    return width64 / (2 * _LEVELS) + 8 * _UNIT_ROUNDOFF * (np.abs(lower64) + np.abs(lower64 + width64) + width64)
+
+
+def _search_on_one_thread(index: Any, query: np.ndarray, wanted: int, parameters: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``index.search`` with one OpenMP thread: a single query's scan runs on one thread anyway, and idle OpenMP
+    workers spinning at the region's barrier take the core that query encoding (or another search) needs."""
+    previous = faiss.omp_get_max_threads()
+    if previous != 1:
+        faiss.omp_set_num_threads(1)
+    try:
+        return index.search(query, wanted, params=parameters)
+    finally:
+        if previous != 1:
+            faiss.omp_set_num_threads(previous)
+
+
+def _read_codes(path: Path, out: np.ndarray) -> None:
+    """Read the ``codes`` array of the ``.npz`` at ``path`` into ``out`` (uint8, its exact shape), with no
+    intermediate copy. Raises ``ValueError`` naming the file when the member is missing or does not fit."""
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open("codes.npy") as member:
+            version = np.lib.format.read_magic(member)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(member)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
+            if tuple(shape) != out.shape or dtype != np.uint8 or fortran:
+                raise ValueError(f"codes of shape {tuple(shape)} and type {dtype}, expected {out.shape} uint8")
+            target = memoryview(out).cast("B")  # type: ignore[arg-type]  # ndarray's stub lacks __buffer__ before 3.12
+            read = 0
+            while read < out.nbytes:  # in slices: one read() of everything would hold two more copies
+                chunk = member.read(min(out.nbytes - read, _READ_CHUNK))
+                if not chunk:
+                    raise ValueError(f"{read} of {out.nbytes} code bytes")
+                target[read : read + len(chunk)] = chunk
+                read += len(chunk)
+    except (OSError, KeyError, EOFError, zipfile.BadZipFile, ValueError) as error:
+        raise ValueError(
+            f"The quantised vectors '{path}' hold unreadable codes ({error}; truncated or damaged). Delete it: the "
+            "store rebuilds it."
+        ) from error
