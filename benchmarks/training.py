@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/training.py --architecture siamese
     .venv/bin/python benchmarks/training.py --architecture light-query --query-layers 3
 
-Every choice (epochs, learning rate, negatives) is made on the dev slice the trainer holds out of train;
+Every choice (epochs, learning rate, negatives, the margin, the budget) is made on the dev slice the trainer
+holds out of train;
 the test split is only read here, after training, to report. The test index is kept under
 benchmarks/.work per document space, so the base model's index is reused as-is by a light-query model:
 that is the point of it. Results go to benchmarks/results/training_<architecture>.json.
@@ -98,7 +99,9 @@ def main() -> None:
     config = TrainingConfig(data=SCIFACT, output=output, architecture=arguments.architecture,
                             query_layers=arguments.query_layers, progress_bar=False, **options)
     baseline = None if arguments.skip_baseline else evaluate_on_test("all-MiniLM-L6-v2")
+    load_before = os.getloadavg()[0]
     result = train(config)
+    load_after = os.getloadavg()[0]
     trained = evaluate_on_test(str(result.model_path))
     payload = {
         "architecture": arguments.architecture,
@@ -108,8 +111,15 @@ def main() -> None:
         "dev_evaluation_seconds": round(result.report["timings"]["evaluation_seconds"], 1),
         "total_seconds": round(result.report["timings"]["total_seconds"], 1),
         "steps": result.report["steps"],
+        "status": result.status,
+        "message": result.report["message"],
+        "precision": result.report["precision"],
+        "plan": result.report["plan"],
+        "dev_corpus": result.report["dev_corpus"],
         "dev_before": result.report["dev_before"],
         "dev_after": result.report["dev_after"],
+        "guard": result.report["guard"],
+        "load_average_1min_before_after_training": [round(load_before, 2), round(load_after, 2)],
         "test_ndcg@10": round(trained["metrics"]["ndcg@10"], 4),
         "test_metrics": {k: round(v, 4) for k, v in trained["metrics"].items()},
         "test_baseline_ndcg@10": round(baseline["metrics"]["ndcg@10"], 4) if baseline else None,

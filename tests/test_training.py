@@ -14,8 +14,10 @@ from dual_encoder.encoder import DualEncoder
 from dual_encoder.errors import ConfigurationError
 from dual_encoder.training import TrainingConfig, TrainingDataError, load_training_data, train
 from dual_encoder.training.architectures import build_training_model
-from dual_encoder.training.data import split_off_dev
-from dual_encoder.training.hard_negatives import pick_negatives
+from dual_encoder.training.data import TrainingData, TrainingPair, split_off_dev
+from dual_encoder.training.guard import DevScores, judge, paired_gain
+from dual_encoder.training.hard_negatives import Rankings, pick_negatives, rank_documents
+from dual_encoder.training.sampling import batches_without_false_negatives
 
 
 def _sample_rows() -> list[dict]:
@@ -43,6 +45,7 @@ def _config(data, output, **overrides) -> TrainingConfig:
     options = dict(
         data=data, output=output, epochs=1, max_steps=4, batch_size=8, mini_batch_size=4, learning_rate=2e-4,
         hard_negatives=1, negative_rank_range=(1, 5), dev_fraction=0.0, max_seq_length=64, progress_bar=False,
+        precision="fp32",  # the same arithmetic on every CPU; the CLI test below runs the default (auto)
     )
     options.update(overrides)
     return TrainingConfig(**options)
@@ -68,6 +71,9 @@ def _ranking_loss(encoder: DualEncoder, pairs: Path) -> float:
         ({"batch_size": 0}, "batch_size must be a positive integer"),
         ({"architecture": "siamese", "query_model": "all-MiniLM-L6-v2"}, "query_model"),
         ({"architecture": "light-query", "loss": "triplet"}, "light-query"),
+        ({"negative_relative_margin": 1.0}, "negative_relative_margin"),
+        ({"learning_rate": -1e-5}, "learning_rate"),
+        ({"precision": "fp16"}, "precision must be one of"),
     ],
 )
 def test_impossible_settings_are_refused_before_anything_loads(tmp_path, overrides, message):
@@ -298,19 +304,31 @@ def test_light_query_keeps_the_document_fingerprint_of_its_base(tmp_path_factory
     assert result.report["history"]["loss"][-1]["loss"] < result.report["history"]["loss"][0]["loss"]
 
 
-def test_run_with_dev_slice_keeps_the_best_checkpoint_and_writes_report_card_and_plot(tmp_path_factory, title_pairs):
+def test_run_with_dev_slice_saves_what_the_guard_chose_and_writes_report_card_and_plot(tmp_path_factory, title_pairs):
     result, encoder = _trained(tmp_path_factory, title_pairs, "siamese", dev_fraction=0.2, max_steps=None, epochs=2,
                                batch_size=12)
     report = json.loads(result.report_path.read_text())
-    assert set(report["dev_before"]) == {"ndcg@10", "recall@100", "mrr@10"}
-    assert report["dev_after"]["ndcg@10"] >= max(e["ndcg@10"] for e in report["history"]["dev"]) - 1e-6
-    assert report["best_checkpoint"] and Path(report["best_checkpoint"]).name.startswith("checkpoint-")
-    assert len(report["history"]["dev"]) == 2
+    guard = report["guard"]
+    assert set(report["dev_before"]) == {"ndcg@10", "mrr@10", "recall@10"}
+    assert [row["step"] for row in guard["checkpoints"]] == [1, 2, 3, 4]  # at least four evaluations per run
+    assert report["dev_corpus"]["documents"] == len(load_training_data(title_pairs).documents)
+    base = DualEncoder({"model": "all-MiniLM-L6-v2", "max_seq_length": 64})  # the run's base, as configured
+    if report["status"] == "improved":
+        chosen = max(guard["checkpoints"], key=lambda row: row["ndcg@10"])
+        assert guard["chosen_step"] == chosen["step"] and chosen["beats_base"]
+        assert report["dev_after"]["ndcg@10"] == chosen["ndcg@10"]
+        assert encoder.fingerprint != base.fingerprint
+    else:
+        assert report["status"] == "no_improvement" and not any(row["beats_base"] for row in guard["checkpoints"])
+        assert report["dev_after"] == report["dev_before"]
+        assert encoder.fingerprint == base.fingerprint
     assert result.plot_path.stat().st_size > 10_000
     card = (result.model_path / "README.md").read_text()
-    assert "MultipleNegativesRankingLoss" in card or "CachedMultipleNegativesRankingLoss" in card
+    assert f"**Status: `{report['status']}`.**" in card
+    assert card.count("| checkpoint") == 4 and "| base | 0 |" in card
     stored = json.loads((result.model_path / "dual_encoder.json").read_text())
     assert stored["fingerprint"]["document_space"] == encoder.fingerprint.document_space
+    assert stored["training_status"] == report["status"]
 
 
 def test_same_seed_gives_the_same_model(tmp_path_factory, title_pairs):
@@ -337,3 +355,129 @@ def test_interrupted_training_still_leaves_a_usable_model(tmp_path_factory, titl
     assert result.report["interrupted"] is True
     assert result.report["steps"] == 2
     assert encoder.encode_query("heat pumps").shape == (384,)
+
+
+# ------------------------------------------------------------------------- guard, plan and budget (one tiny run)
+@pytest.fixture(scope="module")
+def run_that_cannot_improve(tmp_path_factory, title_pairs):
+    """``dual-encoder train`` at learning rate 0, with a 2-step budget below its 3 epochs (9 steps)."""
+    from typer.testing import CliRunner
+
+    from dual_encoder.cli import app
+
+    output = tmp_path_factory.mktemp("unchanged") / "model"
+    outcome = CliRunner().invoke(app, [
+        "train", str(title_pairs), "--output", str(output), "--learning-rate", "0", "--epochs", "3", "--max-steps", "2",
+        "--batch-size", "8", "--dev-fraction", "0.2", "--negative-ranks", "1:5", "--no-progress",
+    ])
+    return outcome, output, " ".join(outcome.output.split())
+
+
+def test_a_run_that_cannot_improve_keeps_the_base_model_says_so_and_exits_3(run_that_cannot_improve):
+    from dual_encoder.training import NO_IMPROVEMENT_EXIT_CODE
+
+    outcome, output, text = run_that_cannot_improve
+    assert outcome.exit_code == NO_IMPROVEMENT_EXIT_CODE == 3, text
+    assert "No improvement: no checkpoint beat the base model" in text
+    assert "The output folder holds the base model, unchanged." in text
+    report = json.loads((output / "training_report.json").read_text())
+    assert report["status"] == "no_improvement" and report["saved_model"] == "base"
+    assert report["guard"]["checkpoints"] and all(row["gain"] == 0 for row in report["guard"]["checkpoints"])
+    base = DualEncoder("all-MiniLM-L6-v2")
+    kept = DualEncoder(str(output))
+    assert kept.fingerprint == base.fingerprint
+    np.testing.assert_allclose(kept.encode_query("heat pumps"), base.encode_query("heat pumps"), atol=1e-6)
+    card = (output / "README.md").read_text()
+    assert "**Status: `no_improvement`.**" in card and "| base | 0 |" in card
+
+
+def test_the_plan_is_printed_before_training(run_that_cannot_improve):
+    _, _, text = run_that_cannot_improve
+    plan = text.index("Plan: 24 training pairs over 24 queries")
+    assert text.index("Time estimate from steps 2-2") > plan  # measured on the first steps, after the plan
+    assert "batch 8, 3 steps per epoch" in text
+    assert "Dev slice: 6 queries, evaluated before training and every 1 steps (2 times)" in text
+    before = text.index("Dev slice before training (the base model): ndcg@10")
+    assert plan < before < text.index("Dev slice at step 1: ndcg@10") < text.index("Dev slice at step 2: ndcg@10")
+    assert "nDCG@10 gain over the base +0.0000 ± 0.0000 (standard error)" in text
+
+
+def test_the_step_budget_binds(run_that_cannot_improve):
+    _, output, text = run_that_cannot_improve
+    assert "3 epochs would take 9 steps; the step budget (max_steps 2) stops training after 2 steps" in text
+    report = json.loads((output / "training_report.json").read_text())
+    assert report["steps"] == 2 and report["plan"]["budget_binds"] and report["plan"]["steps_for_epochs"] == 9
+    assert [row["step"] for row in report["guard"]["checkpoints"]] == [1, 2]
+
+
+# ----------------------------------------------------------------------------------- the guard's arithmetic
+def _scores(step: int, ndcg: list[float]) -> DevScores:
+    values = np.array(ndcg)
+    return DevScores(step=step, epoch=None, per_query={"ndcg@10": values, "mrr@10": values, "recall@10": values})
+
+
+def test_paired_standard_error_is_that_of_the_mean_per_query_difference():
+    gain, error = paired_gain(_scores(1, [0.6, 0.8, 0.4, 0.6]), _scores(0, [0.5, 0.5, 0.5, 0.5]))
+    assert gain == pytest.approx(0.1)
+    assert error == pytest.approx(np.std([0.1, 0.3, -0.1, 0.1], ddof=1) / 2)
+
+
+def test_guard_keeps_the_best_checkpoint_only_when_it_beats_the_base_beyond_the_noise():
+    base = _scores(0, [0.5] * 20)
+    noisy = _scores(10, [0.9, 0.1] * 10)  # same mean, large spread
+    small = _scores(20, [0.52, 0.5] * 10)  # +0.01, every query at least as good
+    verdict = judge(base, [noisy, small], threshold=2.0)
+    assert verdict.status == "improved" and verdict.chosen_step == 20
+    assert verdict.chosen["ndcg@10"] == pytest.approx(0.51)
+    lucky = _scores(30, [0.9, 0.2] * 10)  # +0.05 on average, but a standard error of about 0.08
+    verdict = judge(base, [lucky], threshold=2.0)
+    assert verdict.status == "no_improvement" and verdict.chosen_step is None
+    assert verdict.chosen == verdict.base
+    assert "No improvement" in verdict.message() and "+0.0500" in verdict.message()
+    assert judge(base, [_scores(40, [0.4] * 20)], threshold=0.0).status == "no_improvement"
+
+
+# ------------------------------------------------------------------------------------ negatives and batches
+def test_mined_negatives_respect_the_margin_against_the_positive_score():
+    data = TrainingData(queries={"q": "query"}, documents={f"d{i}": f"doc {i}" for i in range(12)},
+                        pairs=[TrainingPair("q", "d0")])
+    ranked = [f"d{i}" for i in range(1, 12)]
+    rankings = Rankings(ids={"q": ranked}, scores={"q": [0.95 - 0.05 * i for i in range(11)]},
+                        positive_scores={("q", "d0"): 0.85})
+    # Ranks 0-3 hold d1-d4 (0.95-0.80): all above 0.9 x the positive's 0.85, so none may be chosen.
+    pairs, notes = pick_negatives(rankings, data, count=3, rank_range=(0, 4), seed=0, relative_margin=0.1)
+    chosen = pairs[0].negative_ids
+    scores = dict(zip(ranked, rankings.scores["q"]))
+    assert len(chosen) == 3 and all(scores[doc] <= 0.85 * 0.9 for doc in chosen)
+    assert set(chosen) == {"d5", "d6", "d7"}  # the nearest candidates past the window that clear the margin
+    assert any("4 candidate negative(s) in ranks 0-4 scored within the margin" in note for note in notes)
+    capped, _ = pick_negatives(rankings, data, count=2, rank_range=(0, 11), seed=0, max_score=0.5)
+    assert all(scores[doc] <= 0.5 for doc in capped[0].negative_ids)
+
+
+def test_negatives_mined_with_the_base_encoder_score_below_the_margin(title_pairs):
+    data = load_training_data(title_pairs)
+    encoder = DualEncoder({"model": "all-MiniLM-L6-v2", "max_seq_length": 64})
+    rankings = rank_documents(encoder, data.queries, data.documents, depth=30, pairs=data.pairs, progress_bar=False)
+    pairs, _ = pick_negatives(rankings, data, count=2, rank_range=(0, 10), seed=3, relative_margin=0.3)
+    queries = encoder.encode_queries([data.queries[p.query_id] for p in pairs], progress_bar=False)
+    for vector, pair in zip(queries, pairs):
+        positive = float(vector @ encoder.encode_documents([data.documents[pair.document_id]])[0])
+        negatives = encoder.encode_documents([data.documents[d] for d in pair.negative_ids])
+        assert pair.negative_ids and all(float(vector @ n) <= 0.7 * positive + 1e-5 for n in negatives)
+
+
+def test_batches_hold_one_pair_per_query_and_no_known_positive_of_another_row():
+    relevant = {f"q{q}": {f"d{q}-{i}" for i in range(10)} | {"shared"} for q in range(3)}
+    relevant["q3"] = {"d3-0"}
+    rows = [(query, (document,)) for query, documents in relevant.items() for document in sorted(documents)]
+    batches = list(batches_without_false_negatives(list(range(len(rows))), rows, relevant, batch_size=4))
+    assert sorted(index for batch in batches for index in batch) == list(range(len(rows)))
+    for batch in batches:
+        queries = [rows[i][0] for i in batch]
+        assert len(queries) == len(set(queries)), "two pairs of one query in a batch"
+        for i in batch:
+            for j in batch:
+                if i != j:
+                    assert not set(rows[j][1]) & relevant[rows[i][0]], "a known positive as an in-batch negative"
+    assert len(batches[0]) == 4  # q0, q1, q2 and q3 fit in one batch while they have rows left

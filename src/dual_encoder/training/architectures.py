@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dual_encoder.errors import ConfigurationError
 from dual_encoder.models import load_shared_model
@@ -137,7 +137,7 @@ def _output_dimension(modules: list) -> int | None:
     return None
 
 
-def _identity_projection(query_modules: list, document_modules: list, dense_class):
+def _identity_projection(query_modules: list, document_modules: list, dense_class: Any) -> Any:
     import torch
 
     query_dimension, document_dimension = _output_dimension(query_modules), _output_dimension(document_modules)
@@ -157,7 +157,7 @@ def _identity_projection(query_modules: list, document_modules: list, dense_clas
     )
 
 
-def _token_embeddings(transformer_module):
+def _token_embeddings(transformer_module: Any) -> Any:
     backbone = getattr(transformer_module, "auto_model", None)
     embeddings = getattr(backbone, "embeddings", None) if backbone is not None else None
     if embeddings is None:

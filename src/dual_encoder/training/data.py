@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from dual_encoder.errors import InvalidDocumentError
 from dual_encoder.sources import json_objects
@@ -139,6 +141,8 @@ def _from_jsonl(file: Path) -> TrainingData:
                 bad_fields.append(f"line {number}: '{name}' is {value!r}")
         if bad_fields and bad_fields[-1].startswith(f"line {number}:"):
             continue
+        # The field checks above skip any line whose query or positive is not a non-blank string.
+        assert isinstance(query, str) and isinstance(positive, str)
         if query not in query_ids:
             query_ids[query] = f"q{len(query_ids)}"
             queries[query_ids[query]] = query
@@ -192,17 +196,41 @@ def split_off_dev(data: TrainingData, *, fraction: float, seed: int) -> tuple[Tr
 
 
 def evaluation_corpus(
-    dev: TrainingData, *, size: int | None, seed: int, hard_distractors: list[str] = ()
+    dev: TrainingData, *, size: int | None, seed: int, hard_distractors: Sequence[str] = ()
 ) -> dict[str, str]:
     """The documents the dev evaluation searches: every dev positive, the ``hard_distractors`` (documents the
     base encoder ranks high for dev queries), then random documents up to ``size``.
 
     Searching a sample keeps evaluation during training affordable on a CPU; hard distractors keep it close
-    to searching the whole corpus, and the seed fixes the sample so the scores of one run compare.
+    to searching the whole corpus, and the seed fixes the sample so the scores of one run compare. Every dev
+    positive and hard distractor is kept even when they outnumber ``size`` (queries with many positives):
+    leaving positives out would make them unfindable, and leaving distractors out would make the search easy.
     """
     if size is None or size >= len(dev.documents):
         return dict(dev.documents)
-    chosen = list(dict.fromkeys([pair.document_id for pair in dev.pairs] + list(hard_distractors)))[:size]
+    chosen = list(dict.fromkeys([pair.document_id for pair in dev.pairs] + list(hard_distractors)))
     others = sorted(set(dev.documents) - set(chosen))
     chosen += random.Random(seed).sample(others, max(0, min(len(others), size - len(chosen))))
     return {doc_id: dev.documents[doc_id] for doc_id in chosen}
+
+
+def describe_evaluation_corpus(dev: TrainingData, corpus: dict[str, str], hard_distractors: list[str]) -> dict:
+    """What the dev corpus is made of: counts of dev positives, base-model distractors and random documents."""
+    positives = {pair.document_id for pair in dev.pairs}
+    hard = set(hard_distractors) - positives
+    in_corpus = set(corpus)
+    counts: dict[str, Any] = {
+        "documents": len(corpus),
+        "dev_queries": len({pair.query_id for pair in dev.pairs}),
+        "dev_positives": len(positives & in_corpus),
+        "base_model_top10_distractors": len(hard & in_corpus),
+        "random_documents": len(in_corpus - positives - hard),
+        "whole_corpus": len(corpus) == len(dev.documents),
+    }
+    counts["description"] = (
+        "the whole corpus" if counts["whole_corpus"] else
+        f"{counts['documents']:,} documents: the {counts['dev_positives']:,} positives of the "
+        f"{counts['dev_queries']:,} dev queries, {counts['base_model_top10_distractors']:,} other documents from the "
+        f"base model's top 10 for them, and {counts['random_documents']:,} random documents"
+    )
+    return counts

@@ -1,19 +1,24 @@
 """One training run, end to end, on sentence-transformers' trainer.
 
 :func:`train` checks the configuration and builds the model first (a bad architecture fails before any data
-is read), reads and checks the data, mines hard negatives with the base encoder, holds out a dev slice, and
-trains with the chosen loss while evaluating on the dev slice. The best checkpoint by dev nDCG@10 is what
-ends up in ``output``, together with:
+is read), reads and checks the data, holds out a dev slice, prints the plan (pairs, queries, steps, the
+budget), mines hard negatives with the base encoder (with a margin against the positive's score), and
+trains with the chosen loss while scoring the dev slice per query. Then the guard
+(:mod:`dual_encoder.training.guard`) decides what is saved in ``output``: the best checkpoint if it beats the
+base model by more than the dev slice's noise, else the base model itself (status ``no_improvement``).
+Alongside the model:
 
-- ``README.md``: the model card sentence-transformers writes;
+- ``README.md``: the model card sentence-transformers writes, plus the guard's before/after table;
 - ``dual_encoder.json``: the encoder fingerprint (document space and query tower) and how it was trained;
-- ``training_report.json`` and ``training_curves.png``: loss and dev metrics over the run.
+- ``training_report.json`` and ``training_curves.png``: the plan, loss and dev metrics over the run, and the
+  guard's verdict for every checkpoint.
 
 Example::
 
     result = train(TrainingConfig(data="../shared/data/scifact", output="models/scifact"))
-    result.report["dev_after"]["ndcg@10"]
-    DualEncoder(str(result.model_path))          # loads like any other model folder
+    result.status                               # "improved", "no_improvement" or "not_checked"
+    result.report["guard"]["checkpoints"]       # dev metrics and gain over the base, per checkpoint
+    DualEncoder(str(result.model_path))         # loads like any other model folder
 """
 
 from __future__ import annotations
@@ -25,12 +30,14 @@ import os
 import platform
 import random
 import re
+import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from dual_encoder.config import EncoderConfig
+from dual_encoder.config import Backend, EncoderConfig
 from dual_encoder.encoder import DualEncoder
 from dual_encoder.errors import ConfigurationError
 from dual_encoder.training.architectures import TrainingModel, build_training_model
@@ -38,13 +45,26 @@ from dual_encoder.training.config import TrainingConfig
 from dual_encoder.training.data import (
     TrainingData,
     TrainingDataError,
+    describe_evaluation_corpus,
     evaluation_corpus,
     load_training_data,
     split_off_dev,
 )
-from dual_encoder.training.hard_negatives import pick_negatives, rank_documents
+from dual_encoder.training.guard import (
+    GUARD_METRIC,
+    IMPROVED,
+    NO_IMPROVEMENT,
+    NOT_CHECKED,
+    DevScores,
+    Verdict,
+    judge,
+    paired_gain,
+    ranking_metrics,
+)
+from dual_encoder.training.hard_negatives import Rankings, pick_negatives, rank_documents
 from dual_encoder.training.losses import build_distillation_loss, build_loss, uses_in_batch_negatives
-from dual_encoder.training.report import plot_training_curves
+from dual_encoder.training.report import guard_card_section, plot_training_curves
+from dual_encoder.training.sampling import QueryAwareSamplerFactory
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +72,18 @@ FINGERPRINT_FILE = "dual_encoder.json"
 REPORT_FILE = "training_report.json"
 PLOT_FILE = "training_curves.png"
 CHECKPOINTS_FOLDER = "checkpoints"
-#: Dev metrics reported before and after training, as the evaluator names them.
-DEV_METRICS = {"ndcg@10": "cosine_ndcg@10", "recall@100": "cosine_recall@100", "mrr@10": "cosine_mrr@10"}
+#: ``dual-encoder train`` exits with this status when the guard kept the base model (``no_improvement``).
+NO_IMPROVEMENT_EXIT_CODE = 3
 _DEV_NAME = "dev"
 _HARD_DISTRACTORS_PER_DEV_QUERY = 10
 _DISTILLATION_OPENING_WORDS = 24
 #: At most this many texts (queries first, then document pieces) per distillation epoch.
 _DISTILLATION_MAX_TEXTS = 20_000
+#: A run whose epochs would not reach this many dev evaluations is evaluated this often instead, so a run cut
+#: short by the step budget still has checkpoints for the guard to choose from.
+_MIN_EVALUATIONS = 4
+#: Steps timed (after the first, which pays one-off set-up) before the time estimate is printed.
+_TIMED_STEPS = 3
 
 
 @dataclass(frozen=True)
@@ -68,17 +93,33 @@ class TrainingResult:
     report_path: Path
     plot_path: Path
 
+    @property
+    def status(self) -> str:
+        """``improved``, ``no_improvement`` (the base model was saved) or ``not_checked`` (no dev slice)."""
+        return str(self.report["status"])
 
-def train(config: TrainingConfig | dict[str, Any]) -> TrainingResult:
-    """Train a dual encoder as ``config`` says and save it, with its report, to ``config.output``."""
+
+def train(config: TrainingConfig | dict[str, Any], *, announce: Callable[[str], None] | None = print) -> TrainingResult:
+    """Train a dual encoder as ``config`` says and save it, with its report, to ``config.output``.
+
+    ``announce`` receives the plan before training and the time estimate after the first steps (``None``:
+    silent). The saved model is never worse than the base on the dev slice: see the module docstring.
+    """
     import transformers
 
+    say = announce or (lambda message: None)
     config = config if isinstance(config, TrainingConfig) else TrainingConfig.from_dict(config)
+    if config.architecture == "static-query":
+        # Both towers are frozen there, so it trains a token table with its own loop (no transformer steps).
+        from dual_encoder.training.static_query import train_static_query
+
+        return train_static_query(config, announce=announce)
     output = Path(config.output)
     _check_output_folder(output)
     started = time.perf_counter()
     timings: dict[str, float] = {}
     transformers.set_seed(config.seed)
+    precision = resolve_precision(config.precision)
 
     built = build_training_model(config)
     data = load_training_data(config.data, config.split)
@@ -86,71 +127,102 @@ def train(config: TrainingConfig | dict[str, Any]) -> TrainingResult:
     notes = list(data.notes)
 
     # Training arguments are validated now, so a setting the machine cannot run fails before the mining pass.
-    steps_per_epoch = sum(math.ceil(rows / config.batch_size) for rows in _dataset_sizes(config, train_data))
-    args = _training_arguments(config, output, steps_per_epoch, has_dev=dev_data is not None)
+    plan = _plan(config, train_data, dev_data)
+    args = _training_arguments(config, output, plan, precision=precision, has_dev=dev_data is not None)
+    say(_plan_text(plan, config, precision))
 
     mark = time.perf_counter()
     # Mining only ranks documents, so bf16 runs may rank with the faster OpenVINO bf16 backend (same space).
     base_encoder = DualEncoder(
-        _encoder_config(config, config.base_model, backend="openvino-bf16" if config.precision == "bf16" else "torch")
+        _encoder_config(config, config.base_model, backend="openvino-bf16" if precision == "bf16" else "torch")
     )
     rankings = _rankings(config, base_encoder, train_data, dev_data)
     if config.hard_negatives:
         train_data.pairs, mining_notes = pick_negatives(
             rankings, train_data, count=config.hard_negatives, rank_range=config.negative_rank_range,
-            seed=config.seed,
+            seed=config.seed, relative_margin=config.negative_relative_margin, max_score=config.negative_max_score,
         )
         notes += mining_notes
     timings["mining_seconds"] = time.perf_counter() - mark
 
+    relevant = train_data.relevant
     if config.train_document_tokens is not None:
         train_data = _with_documents_cut(train_data, built.model, config.train_document_tokens)
     datasets, losses, router_mapping = _datasets_and_losses(config, built, train_data)
     _apply_routes_and_prompts(args, config, router_mapping)
-    evaluator = _dev_evaluator(config, dev_data, rankings) if dev_data is not None else None
+    if uses_in_batch_negatives(config.loss) and "contrastive" in datasets:
+        rows = [(pair.query_id, (pair.document_id, *pair.negative_ids)) for pair in train_data.pairs]
+        args.batch_sampler = QueryAwareSamplerFactory(rows, relevant)
+    evaluator, dev_corpus = _dev_evaluator(config, dev_data, rankings) if dev_data is not None else (None, None)
 
     from sentence_transformers import SentenceTransformerTrainer
 
     single = len(datasets) == 1
+    clock = _step_clock(say, plan, evaluator)
     trainer = SentenceTransformerTrainer(
         model=built.model,
         args=args,
         train_dataset=next(iter(datasets.values())) if single else datasets,
         loss=next(iter(losses.values())) if single else losses,
         evaluator=evaluator,
+        callbacks=[clock],
     )
-    mark = time.perf_counter()
-    dev_before = _dev_metrics(evaluator, built.model) if evaluator else None
-    timings["evaluation_seconds"] = time.perf_counter() - mark
+    base_scores = evaluator.score(built.base, step=0, epoch=0.0) if evaluator else None
+    evaluation_before = evaluator.seconds if evaluator else 0.0
+    if evaluator is not None and base_scores is not None and dev_corpus is not None:
+        evaluator.base, evaluator.announce = base_scores, say
+        say(f"Dev slice before training (the base model): {_figures(base_scores.means())}; searched over "
+            f"{dev_corpus['description']}.")
 
     mark = time.perf_counter()
     interrupted = False
     try:
         trainer.train()
     except KeyboardInterrupt:
-        # The weights as they are now are still a valid model: save them rather than lose the run.
+        # The weights as they are now are still a candidate: score them and let the guard decide.
         interrupted = True
-        logger.warning("Training interrupted; saving the model as it is now to %s.", output)
-    timings["training_seconds"] = time.perf_counter() - mark
+        logger.warning("Training interrupted; the guard compares the model as it is now with the base model.")
+    evaluation_during = (evaluator.seconds if evaluator else 0.0) - evaluation_before
+    timings["training_seconds"] = time.perf_counter() - mark - evaluation_during
 
-    mark = time.perf_counter()
-    dev_after = _dev_metrics(evaluator, built.model) if evaluator else None
-    timings["evaluation_seconds"] += time.perf_counter() - mark
-    built.model.save(str(output))
+    verdict = None
+    if evaluator is not None and base_scores is not None:
+        if interrupted:
+            evaluator(built.model, steps=trainer.state.global_step, epoch=trainer.state.epoch or 0.0)
+            candidates = [evaluator.history[-1]]  # the other checkpoints' weights are not in memory any more
+        else:
+            candidates = list(evaluator.history)
+        verdict = judge(base_scores, candidates, threshold=config.min_improvement_standard_errors)
+        if verdict.status == IMPROVED and not interrupted:
+            _check_loaded_best(trainer, verdict)
+    status = verdict.status if verdict is not None else NOT_CHECKED
+    keep_base = status == NO_IMPROVEMENT
+    _clear_model_files(output)
+    (built.base if keep_base else built.model).save(str(output))
 
-    trained = DualEncoder(_encoder_config(config, str(output)))
-    fingerprint = trained.fingerprint
+    saved = DualEncoder(_encoder_config(config, str(output)))
+    fingerprint = saved.fingerprint
     base_fingerprint = base_encoder.fingerprint
     if config.architecture == "light-query" and fingerprint.document_space != base_fingerprint.document_space:
         raise RuntimeError(  # pragma: no cover - the document tower is frozen; this guards that promise
             "The light-query model's document tower changed during training; its documents would need re-indexing."
         )
+    timings["evaluation_seconds"] = evaluator.seconds if evaluator else 0.0
     timings["total_seconds"] = time.perf_counter() - started
+    plan["measured_seconds_per_step"] = clock.seconds_per_step
+    plan["estimated_training_seconds"] = clock.estimated_seconds
+    guard = verdict.to_dict() if verdict is not None else {"status": NOT_CHECKED, "message": Verdict(
+        NOT_CHECKED, None, config.min_improvement_standard_errors, {}).message()}
     report = {
+        "status": status,
+        "message": guard["message"],
         "config": config.to_dict(),
+        "precision": precision,
         "architecture": config.architecture,
         "frozen": built.frozen,
         "interrupted": interrupted,
+        "saved_model": "base" if keep_base else "trained",
+        "plan": plan,
         "data": {
             "training_pairs": len(train_data.pairs),
             "training_queries": len({p.query_id for p in train_data.pairs}),
@@ -160,12 +232,14 @@ def train(config: TrainingConfig | dict[str, Any]) -> TrainingResult:
             "hard_negatives_per_pair": config.hard_negatives,
             "notes": notes,
         },
+        "dev_corpus": dev_corpus,
         "steps": trainer.state.global_step,
         "epochs_completed": trainer.state.epoch,
         "best_checkpoint": trainer.state.best_model_checkpoint,
-        "dev_before": dev_before,
-        "dev_after": dev_after,
-        "history": _history(trainer.state.log_history),
+        "dev_before": verdict.base if verdict else None,
+        "dev_after": verdict.chosen if verdict else None,
+        "guard": guard,
+        "history": _history(trainer.state.log_history, verdict),
         "timings": timings,
         "fingerprint": fingerprint.to_dict(),
         "base_fingerprint": base_fingerprint.to_dict(),
@@ -178,17 +252,50 @@ def train(config: TrainingConfig | dict[str, Any]) -> TrainingResult:
         json.dumps(
             {
                 "fingerprint": fingerprint.to_dict(),
-                "encoder": trained.config.to_dict(),
+                "encoder": saved.config.to_dict(),
                 "trained_from": config.base_model,
-                "architecture": config.architecture,
+                "architecture": config.architecture if not keep_base else "base model (training did not improve it)",
+                "training_status": status,
                 "document_index_still_valid_for_base_model": report["document_index_still_valid"],
             },
             indent=2,
         ) + "\n",
         encoding="utf-8",
     )
+    card = output / "README.md"
+    card.write_text((card.read_text(encoding="utf-8") if card.exists() else "") + guard_card_section(report),
+                    encoding="utf-8")
     plot_path = plot_training_curves(report, output / PLOT_FILE)
+    say(guard["message"])
     return TrainingResult(model_path=output, report=report, report_path=report_path, plot_path=plot_path)
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto`` becomes ``bf16`` where the CPU computes bfloat16 natively (or a GPU is used), else ``fp32``."""
+    if precision != "auto":
+        return precision
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether bf16 autocast runs on bfloat16 hardware here: a CUDA device with bf16, or a CPU with AVX-512 BF16
+    or AMX (the same CPU capability OpenVINO reports as ``BF16``; without it, bf16 is emulated and slower)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return bool(torch.cuda.is_bf16_supported())
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        flags = ""
+    if flags:
+        return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
+    try:  # not Linux: ask OpenVINO, which the bf16 encoding backend relies on too
+        from dual_encoder.acceleration import import_openvino
+
+        return "BF16" in import_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except Exception:  # no way to tell: fp32 always runs
+        return False
 
 
 # ------------------------------------------------------------------------------------------------ steps
@@ -202,7 +309,7 @@ def _check_output_folder(output: Path) -> None:
         )
 
 
-def _encoder_config(config: TrainingConfig, model: str, backend: str = "torch") -> EncoderConfig:
+def _encoder_config(config: TrainingConfig, model: str, backend: Backend = "torch") -> EncoderConfig:
     return EncoderConfig(
         model=model,
         backend=backend,
@@ -228,20 +335,26 @@ def _train_and_dev(config: TrainingConfig, data: TrainingData) -> tuple[Training
     return data, dev
 
 
-def _rankings(config, encoder, train_data, dev_data) -> dict[str, list[str]]:
+def _rankings(
+    config: TrainingConfig, encoder: DualEncoder, train_data: TrainingData, dev_data: TrainingData | None
+) -> Rankings:
     queries: dict[str, str] = {}
     if config.hard_negatives:
         queries.update({p.query_id: train_data.queries[p.query_id] for p in train_data.pairs})
     if dev_data is not None and config.eval_corpus_size is not None:
         queries.update(dev_data.queries)
     if not queries:
-        return {}
+        return Rankings(ids={})
     most_positives = max(len(docs) for docs in train_data.relevant.values())
-    depth = max(config.negative_rank_range[1], _HARD_DISTRACTORS_PER_DEV_QUERY) + most_positives + config.hard_negatives
-    return rank_documents(encoder, queries, train_data.documents, depth=depth, progress_bar=config.progress_bar)
+    # Deep enough that the rank window still holds its negatives after the positives and the margin skip some.
+    depth = 2 * max(config.negative_rank_range[1], _HARD_DISTRACTORS_PER_DEV_QUERY) + most_positives
+    return rank_documents(encoder, queries, train_data.documents, depth=depth, pairs=train_data.pairs,
+                          progress_bar=config.progress_bar)
 
 
-def _datasets_and_losses(config: TrainingConfig, built: TrainingModel, data: TrainingData):
+def _datasets_and_losses(
+    config: TrainingConfig, built: TrainingModel, data: TrainingData
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict[str, str]]]:
     from datasets import Dataset
 
     datasets: dict[str, Any] = {}
@@ -253,7 +366,7 @@ def _datasets_and_losses(config: TrainingConfig, built: TrainingModel, data: Tra
         datasets["contrastive"] = Dataset.from_dict(columns)
         losses["contrastive"] = build_loss(
             config.loss, built.model, scale=config.scale, mini_batch_size=config.mini_batch_size,
-            margin=config.triplet_margin,
+            margin=config.triplet_margin, guide=built.base,
         )
         router_mapping["contrastive"] = {name: "query" if name == "anchor" else "document" for name in columns}
     if config.architecture == "light-query" and config.light_query_objective in ("distill", "both"):
@@ -288,11 +401,15 @@ def _with_documents_cut(data: TrainingData, model: Any, tokens: int) -> Training
 
 
 def _document_tokenizer(model: Any) -> Any:
+    import torch
     from sentence_transformers.base.modules import Router
 
     first = model[0]
     if isinstance(first, Router):
-        first = first.sub_modules["document"][0]
+        # A Router keeps each route as an nn.Sequential of its modules.
+        document_route = first.sub_modules["document"]
+        assert isinstance(document_route, torch.nn.Sequential)
+        first = document_route[0]
     return first.tokenizer
 
 
@@ -343,31 +460,94 @@ def _pair_columns(config: TrainingConfig, data: TrainingData) -> dict[str, list[
     return columns
 
 
-def _dev_evaluator(config: TrainingConfig, dev: TrainingData, rankings: dict[str, list[str]]):
-    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
-
-    hard = [doc for query in dev.queries for doc in rankings.get(query, [])[:_HARD_DISTRACTORS_PER_DEV_QUERY]]
+def _dev_evaluator(config: TrainingConfig, dev: TrainingData, rankings: Rankings) -> tuple[Any, dict[str, Any]]:
+    hard = [doc for query in dev.queries for doc in rankings.get(query)[:_HARD_DISTRACTORS_PER_DEV_QUERY]]
     corpus = evaluation_corpus(dev, size=config.eval_corpus_size, seed=config.seed, hard_distractors=hard)
-    return InformationRetrievalEvaluator(
-        queries=dict(dev.queries),
-        corpus=corpus,
-        relevant_docs=dev.relevant,
-        mrr_at_k=[10],
-        ndcg_at_k=[10],
-        accuracy_at_k=[10],
-        precision_recall_at_k=[10, 100],
-        map_at_k=[100],
-        name=_DEV_NAME,
-        write_csv=False,
-        query_prompt=config.query_prompt,
-        corpus_prompt=config.document_prompt,
-        show_progress_bar=False,
+    evaluator = _make_dev_evaluator(
+        queries=dict(dev.queries), corpus=corpus, relevant=dev.relevant, query_prompt=config.query_prompt,
+        document_prompt=config.document_prompt, batch_size=config.batch_size,
     )
+    return evaluator, describe_evaluation_corpus(dev, corpus, hard)
 
 
-def _dev_metrics(evaluator, model) -> dict[str, float]:
-    scores = evaluator(model)
-    return {short: float(scores[f"{_DEV_NAME}_{long}"]) for short, long in DEV_METRICS.items()}
+def _make_dev_evaluator(
+    *, queries: dict[str, str], corpus: dict[str, str], relevant: dict[str, set[str]], query_prompt: str | None,
+    document_prompt: str | None, batch_size: int,
+) -> Any:
+    """A sentence-transformers evaluator that scores every dev query separately (the guard needs per-query
+    figures for its noise estimate) and keeps each evaluation in ``history``."""
+    import numpy as np
+
+    try:
+        from sentence_transformers.base.evaluation import BaseEvaluator
+    except ImportError:  # pragma: no cover - older layouts of sentence-transformers
+        # The fallback class plays the same role under its older name.
+        from sentence_transformers.evaluation import SentenceEvaluator as BaseEvaluator  # type: ignore[no-redef]
+
+    query_ids = [query for query in queries if relevant.get(query)]
+    corpus_ids = list(corpus)
+
+    class DevEvaluator(BaseEvaluator):
+        def __init__(self) -> None:
+            super().__init__()
+            self.primary_metric = f"{_DEV_NAME}_{GUARD_METRIC}"
+            self.greater_is_better = True
+            self.corpus = corpus
+            self.history: list[DevScores] = []
+            self.seconds = 0.0
+            #: Set once the base model is scored: each evaluation is then announced with its gain over it.
+            self.base: DevScores | None = None
+            self.announce: Callable[[str], None] | None = None
+
+        def score(self, model: Any, *, step: int, epoch: float | None) -> DevScores:
+            started = time.perf_counter()
+            options = {"batch_size": batch_size, "convert_to_numpy": True, "show_progress_bar": False}
+            query_vectors = model.encode_query([queries[q] for q in query_ids], prompt=query_prompt, **options)
+            corpus_vectors = model.encode_document([corpus[d] for d in corpus_ids], prompt=document_prompt, **options)
+            similarities = model.similarity(query_vectors, corpus_vectors).float().numpy()
+            depth = min(10, len(corpus_ids))
+            top = np.argpartition(-similarities, depth - 1, axis=1)[:, :depth]
+            ranked = [
+                [corpus_ids[i] for i in row[np.argsort(-similarities[number, row], kind="stable")]]
+                for number, row in enumerate(top)
+            ]
+            per_query = ranking_metrics(ranked, [relevant[q] for q in query_ids])
+            scores = DevScores(step=step, epoch=epoch, per_query=per_query)
+            self.seconds += time.perf_counter() - started
+            return scores
+
+        def __call__(self, model: Any, output_path: str | None = None, epoch: float = -1, steps: int = -1) -> dict:
+            scores = self.score(model, step=steps, epoch=epoch)
+            self.history.append(scores)
+            if self.base is not None and self.announce is not None:
+                gain, error = paired_gain(scores, self.base)
+                self.announce(f"Dev slice at step {steps}: {_figures(scores.means())}; nDCG@10 gain over the base "
+                              f"{gain:+.4f} ± {error:.4f} (standard error).")
+            return {f"{_DEV_NAME}_{name}": value for name, value in scores.means().items()}
+
+    return DevEvaluator()
+
+
+def _figures(means: dict[str, float]) -> str:
+    return ", ".join(f"{name} {value:.4f}" for name, value in means.items())
+
+
+def _check_loaded_best(trainer: Any, verdict: Verdict) -> None:
+    """The trainer reloads its best checkpoint by the same metric; make sure it is the one the guard chose."""
+    best = trainer.state.best_model_checkpoint
+    if best is not None and not best.endswith(f"checkpoint-{verdict.chosen_step}"):
+        raise RuntimeError(  # pragma: no cover - both pick the highest mean dev nDCG@10, earliest on ties
+            f"The trainer reloaded {best}, but the guard chose the checkpoint of step {verdict.chosen_step}."
+        )
+
+
+def _clear_model_files(output: Path) -> None:
+    """Remove what an earlier run saved in ``output`` (checkpoints stay), so the saved folder holds exactly one
+    model."""
+    for entry in output.iterdir() if output.is_dir() else []:
+        if entry.name == CHECKPOINTS_FOLDER:
+            continue
+        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
 
 def _dataset_sizes(config: TrainingConfig, data: TrainingData) -> list[int]:
@@ -379,7 +559,7 @@ def _dataset_sizes(config: TrainingConfig, data: TrainingData) -> list[int]:
     return sizes
 
 
-def _apply_routes_and_prompts(args, config: TrainingConfig, router_mapping: dict[str, dict[str, str]]) -> None:
+def _apply_routes_and_prompts(args: Any, config: TrainingConfig, router_mapping: dict[str, dict[str, str]]) -> None:
     """Send each dataset column to its tower, with its role prompt (both keyed per dataset when there are
     several datasets, as sentence-transformers expects)."""
     prompts = {}
@@ -399,18 +579,118 @@ def _apply_routes_and_prompts(args, config: TrainingConfig, router_mapping: dict
         args.prompts = prompts.get(next(iter(router_mapping))) if single else prompts
 
 
-def _training_arguments(config: TrainingConfig, output: Path, steps_per_epoch: int, *, has_dev: bool):
+def _plan(config: TrainingConfig, train_data: TrainingData, dev_data: TrainingData | None) -> dict[str, Any]:
+    """Pairs, queries, steps and the budget, before anything expensive runs."""
+    sizes = _dataset_sizes(config, train_data)
+    steps_per_epoch = sum(math.ceil(rows / config.batch_size) for rows in sizes)
+    epoch_steps = math.ceil(steps_per_epoch * config.epochs)
+    total_steps = min(epoch_steps, config.max_steps) if config.max_steps else epoch_steps
+    per_epoch = steps_per_epoch // config.evaluations_per_epoch
+    # Without a dev slice there is nothing to choose between, so checkpoints follow the epochs only.
+    minimum = _MIN_EVALUATIONS if dev_data is not None else 1
+    eval_steps = max(1, min(per_epoch, math.ceil(total_steps / minimum)))
+    per_query = [len(docs) for docs in train_data.relevant.values()]
+    rows = sum(sizes)
+    return {
+        "training_pairs": len(train_data.pairs),
+        "training_queries": len(per_query),
+        "positives_per_query_mean": round(sum(per_query) / len(per_query), 2),
+        "positives_per_query_max": max(per_query),
+        "dev_queries": len(dev_data.queries) if dev_data else 0,
+        "batch_size": config.batch_size,
+        "steps_per_epoch": steps_per_epoch,
+        "epochs": config.epochs,
+        "steps_for_epochs": epoch_steps,
+        "budget_steps": config.max_steps,
+        "budget_binds": total_steps < epoch_steps,
+        "steps": total_steps,
+        "epochs_covered": round(total_steps / steps_per_epoch, 2),
+        "rows_seen": min(total_steps * config.batch_size, round(rows * config.epochs)),
+        "checkpoint_every_steps": eval_steps,
+        "evaluation_every_steps": eval_steps if dev_data else None,
+        "evaluations": (total_steps // eval_steps + (1 if total_steps % eval_steps else 0)) if dev_data else 0,
+    }
+
+
+def _plan_text(plan: dict[str, Any], config: TrainingConfig, precision: str) -> str:
+    lines = [
+        f"Plan: {plan['training_pairs']:,} training pairs over {plan['training_queries']:,} queries "
+        f"(positives per query: {plan['positives_per_query_mean']:g} on average, at most "
+        f"{plan['positives_per_query_max']:,}); batch {plan['batch_size']}, {plan['steps_per_epoch']:,} steps per "
+        f"epoch.",
+    ]
+    if plan["budget_binds"]:
+        lines.append(
+            f"Budget: {config.epochs:g} epochs would take {plan['steps_for_epochs']:,} steps; the step budget "
+            f"(max_steps {plan['budget_steps']:,}) stops training after {plan['steps']:,} steps, "
+            f"{plan['epochs_covered']:g} epochs: about {plan['rows_seen']:,} of the {plan['training_pairs']:,} pairs "
+            f"are seen."
+        )
+    else:
+        budget = f" (within the budget of {plan['budget_steps']:,})" if plan["budget_steps"] else " (no step budget)"
+        lines.append(f"Steps: {plan['steps']:,} = {config.epochs:g} epochs{budget}.")
+    if plan["dev_queries"]:
+        lines.append(
+            f"Dev slice: {plan['dev_queries']:,} queries, evaluated before training and every "
+            f"{plan['evaluation_every_steps']:,} steps ({plan['evaluations']} times); the best checkpoint is saved "
+            f"only if it beats the base model by more than {config.min_improvement_standard_errors:g} standard errors."
+        )
+    else:
+        lines.append("No dev slice: the trained model cannot be checked against the base model and is saved as is.")
+    lines.append(f"Precision: {precision}. The time estimate follows after the first steps.")
+    return "\n".join(lines)
+
+
+def _step_clock(announce: Callable[[str], None], plan: dict[str, Any], evaluator: Any) -> Any:
+    """A trainer callback that times the first steps and announces the estimated training time, and asks for
+    a dev evaluation at the last step when the evaluation schedule would miss it."""
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):
+        def __init__(self) -> None:
+            self.seconds_per_step: float | None = None
+            self.estimated_seconds: float | None = None
+            self._first_step_done: float | None = None
+            self._evaluation_seconds_then = 0.0
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            step = state.global_step
+            spent = evaluator.seconds if evaluator is not None else 0.0
+            if step == 1:
+                self._first_step_done, self._evaluation_seconds_then = time.perf_counter(), spent
+            timed = min(_TIMED_STEPS, plan["steps"] - 1)
+            if self._first_step_done is not None and timed >= 1 and step == 1 + timed:
+                elapsed = time.perf_counter() - self._first_step_done - (spent - self._evaluation_seconds_then)
+                self.seconds_per_step = elapsed / timed
+                evaluation = evaluator.seconds / max(1, len(evaluator.history) + 1) if evaluator is not None else 0.0
+                self.estimated_seconds = self.seconds_per_step * plan["steps"] + evaluation * plan["evaluations"]
+                announce(
+                    f"Time estimate from steps 2-{1 + timed}: {self.seconds_per_step:.2f} s per step, so about "
+                    f"{self.estimated_seconds / 60:.1f} min for {plan['steps']:,} steps and {plan['evaluations']} dev "
+                    f"evaluations of about {evaluation:.0f} s."
+                )
+            every = plan["evaluation_every_steps"]
+            if evaluator is not None and every and step >= state.max_steps and step % every:
+                control.should_evaluate = True
+            return control
+
+    return StepClock()
+
+
+def _training_arguments(
+    config: TrainingConfig, output: Path, plan: dict[str, Any], *, precision: str, has_dev: bool
+) -> Any:
     import torch
     from sentence_transformers import SentenceTransformerTrainingArguments
     from sentence_transformers.base.sampler import BatchSamplers
 
-    total_steps = config.max_steps or math.ceil(steps_per_epoch * config.epochs)
-    eval_steps = max(1, min(total_steps, steps_per_epoch // config.evaluations_per_epoch))
+    eval_steps = plan["checkpoint_every_steps"]
     try:
         return SentenceTransformerTrainingArguments(
             output_dir=str(output / CHECKPOINTS_FOLDER),
             num_train_epochs=config.epochs,
-            max_steps=config.max_steps or -1,
+            # The plan's step count is the epochs or the budget, whichever is smaller.
+            max_steps=plan["steps"],
             per_device_train_batch_size=config.batch_size,
             per_device_eval_batch_size=config.batch_size,
             learning_rate=config.learning_rate,
@@ -418,17 +698,19 @@ def _training_arguments(config: TrainingConfig, output: Path, steps_per_epoch: i
             weight_decay=config.weight_decay,
             seed=config.seed,
             data_seed=config.seed,
-            bf16=config.precision == "bf16",
+            bf16=precision == "bf16",
             # Without this, transformers refuses bf16 on a machine that has no GPU.
             use_cpu=not torch.cuda.is_available(),
-            batch_sampler=BatchSamplers.NO_DUPLICATES if uses_in_batch_negatives(config.loss) else BatchSamplers.BATCH_SAMPLER,
+            batch_sampler=(
+                BatchSamplers.NO_DUPLICATES if uses_in_batch_negatives(config.loss) else BatchSamplers.BATCH_SAMPLER
+            ),
             eval_strategy="steps" if has_dev else "no",
             eval_steps=eval_steps if has_dev else None,
             save_strategy="steps",
             save_steps=eval_steps,
             save_total_limit=1,
             load_best_model_at_end=has_dev,
-            metric_for_best_model=f"eval_{_DEV_NAME}_{DEV_METRICS['ndcg@10']}" if has_dev else None,
+            metric_for_best_model=f"eval_{_DEV_NAME}_{GUARD_METRIC}" if has_dev else None,
             greater_is_better=True,
             logging_steps=max(1, eval_steps // 5),
             logging_first_step=True,
@@ -441,19 +723,12 @@ def _training_arguments(config: TrainingConfig, output: Path, steps_per_epoch: i
         raise ConfigurationError(f"The training settings cannot run on this machine: {error}") from error
 
 
-
-def _history(log_history: list[dict[str, Any]]) -> dict[str, list[dict[str, float]]]:
-    losses, evaluations = [], []
-    for entry in log_history:
-        if "loss" in entry:
-            losses.append({"step": entry["step"], "epoch": entry.get("epoch"), "loss": entry["loss"]})
-        key = f"eval_{_DEV_NAME}_{DEV_METRICS['ndcg@10']}"
-        if key in entry:
-            evaluations.append(
-                {"step": entry["step"], "epoch": entry.get("epoch")}
-                | {short: entry[f"eval_{_DEV_NAME}_{long}"] for short, long in DEV_METRICS.items()}
-            )
-    return {"loss": losses, "dev": evaluations}
+def _history(log_history: list[dict[str, Any]], verdict: Verdict | None) -> dict[str, list[dict[str, Any]]]:
+    losses = [
+        {"step": entry["step"], "epoch": entry.get("epoch"), "loss": entry["loss"]}
+        for entry in log_history if "loss" in entry
+    ]
+    return {"loss": losses, "dev": list(verdict.checkpoints) if verdict is not None else []}
 
 
 def _machine() -> dict[str, Any]:
