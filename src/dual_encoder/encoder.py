@@ -23,13 +23,23 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dual_encoder.acceleration import backend_of, runs_on_openvino
 from dual_encoder.config import SIMILARITIES, EncoderConfig
 from dual_encoder.errors import ConfigurationError, EmptyTextError
 from dual_encoder.fingerprint import EncoderFingerprint, document_space_id, modules_digest, query_tower_id
 from dual_encoder.models import load_shared_model
+from dual_encoder.static_query import (
+    StaticQueryEncoder,
+    StaticQueryExport,
+    StaticQueryManifest,
+    static_query_encoder_from_model,
+    static_query_export_for,
+)
 
 if TYPE_CHECKING:
+    import torch
     from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Router
 
 logger = logging.getLogger(__name__)
 
@@ -53,31 +63,64 @@ class DualEncoder:
         self._fingerprint: EncoderFingerprint | None = None
         self._load_lock = threading.Lock()
         self._warned_truncation = False
-        self._model_device = None
+        self._model_device: torch.device | None = None
         # See _encode: OpenVINO backends run many batches through our own loop, torch through ST's encode.
-        self._own_batch_loop = self.config.backend != "torch"
+        # Set on load, from the loaded model: backend="auto" may run either.
+        self._own_batch_loop = False
+        # A static query tower's torch-free export (dual_encoder.static_query): when the definition can use it,
+        # queries, the fingerprint and the space's facts come from it and the model is loaded only for documents.
+        self._static_export: StaticQueryExport | None = None
+        self._static_from_model: StaticQueryEncoder | None | bool = False
 
     # ----------------------------------------------------------------------------------------------- loading
     def load(self) -> DualEncoder:
-        """Load (or reuse) the model and check the definition against it. Safe to call repeatedly."""
-        if self._model is not None:
+        """Load (or reuse) the model and check the definition against it. Safe to call repeatedly.
+
+        A model whose query tower is static and that carries its torch-free export (``static_query/``) loads only
+        that export here: the full model, and torch with it, is loaded the first time the document tower is
+        needed (:attr:`model`, :meth:`encode_documents`).
+        """
+        if self._model is not None or self._static_export is not None:
             return self
         with self._load_lock:
-            if self._model is None:
-                model = load_shared_model(
-                    self.config.model,
-                    device=self.config.device,
-                    trust_remote_code=self.config.trust_remote_code,
-                    max_seq_length=self.config.max_seq_length,
-                    backend=self.config.backend,
-                )
-                self._validate_against(model)
-                self._model = model
+            if self._model is None and self._static_export is None:
+                self._static_export = static_query_export_for(self.config)
+                if self._static_export is None:
+                    self._load_model()
         return self
+
+    def _load_model(self) -> None:
+        """Load the full model (the caller holds ``_load_lock``)."""
+        model = load_shared_model(
+            self.config.model,
+            device=self.config.device,
+            trust_remote_code=self.config.trust_remote_code,
+            max_seq_length=self.config.max_seq_length,
+            backend=self.config.backend,
+        )
+        self._validate_against(model)
+        self._own_batch_loop = runs_on_openvino(model)
+        self._model = model
+
+    @property
+    def backend(self) -> str:
+        """The backend that runs this encoder's model: ``config.backend``, or what ``"auto"`` resolved to
+        (``"torch"`` where the model could not be converted)."""
+        return backend_of(self.model)
 
     @property
     def model(self) -> SentenceTransformer:
-        return self.load()._model  # type: ignore[return-value]
+        if self._model is None:
+            with self._load_lock:
+                if self._model is None:
+                    self._load_model()
+        return self._model  # type: ignore[return-value]
+
+    @property
+    def _static_manifest(self) -> StaticQueryManifest | None:
+        """What the static query export records, when this encoder answers queries from it."""
+        self.load()
+        return self._static_export.manifest if self._static_export is not None else None
 
     def _validate_against(self, model: SentenceTransformer) -> None:
         router = _router_of(model)
@@ -92,6 +135,10 @@ class DualEncoder:
                 f"normalize=False, but model '{self.config.model}' normalises its embeddings itself (it ends "
                 f"with a Normalize module). Leave normalize unset (None) or true for this model."
             )
+        for role in ("query", "document"):
+            prompt_name = getattr(self.config, f"{role}_prompt_name")
+            if prompt_name is not None:
+                _named_prompt(model, prompt_name, self.config.model, role=role)
         similarity = self.config.similarity or model.similarity_fn_name
         if similarity not in SIMILARITIES:
             raise ConfigurationError(
@@ -103,10 +150,14 @@ class DualEncoder:
     @property
     def is_asymmetric(self) -> bool:
         """True when queries and documents go through different towers (a Router model)."""
+        if self._static_manifest is not None:
+            return True
         return _router_of(self.model) is not None
 
     @property
     def dimension(self) -> int:
+        if self._static_manifest is not None:
+            return self._static_manifest.dimension
         dimension = self.model.get_embedding_dimension()
         if dimension is None:
             raise ConfigurationError(f"Model '{self.config.model}' does not declare its embedding dimension.")
@@ -114,23 +165,39 @@ class DualEncoder:
 
     @property
     def similarity(self) -> str:
+        if self._static_manifest is not None:
+            return self._static_manifest.similarity
         return self.config.similarity or self.model.similarity_fn_name
 
     @property
     def normalize(self) -> bool:
         """Whether the produced embeddings are unit length."""
+        if self._static_manifest is not None:
+            return self._static_manifest.normalize
         return bool(self.config.normalize) or _ends_with_normalize(self.model)
 
     @property
     def query_prompt(self) -> str:
+        """The text prepended to queries: ``query_prompt``, the model prompt ``query_prompt_name`` names, or the
+        model's own ``query`` prompt."""
+        if self._static_manifest is not None:
+            return self._static_manifest.query_prompt
         if self.config.query_prompt is not None:
             return self.config.query_prompt
+        if self.config.query_prompt_name is not None:
+            return _named_prompt(self.model, self.config.query_prompt_name, self.config.model, role="query")
         return self.model.prompts.get(QUERY_ROUTE, "") or ""
 
     @property
     def document_prompt(self) -> str:
+        """The text prepended to documents: ``document_prompt``, the model prompt ``document_prompt_name``
+        names, or the model's own ``document`` (or ``passage``/``corpus``) prompt."""
+        if self._static_manifest is not None:
+            return self._static_manifest.document_prompt
         if self.config.document_prompt is not None:
             return self.config.document_prompt
+        if self.config.document_prompt_name is not None:
+            return _named_prompt(self.model, self.config.document_prompt_name, self.config.model, role="document")
         prompts = self.model.prompts
         for name in _DOCUMENT_PROMPT_NAMES:
             if name in prompts:
@@ -140,6 +207,8 @@ class DualEncoder:
     @property
     def max_seq_length(self) -> int | None:
         """Token limit of the document tower."""
+        if self._static_manifest is not None:
+            return self._static_manifest.document_max_seq_length
         module = _input_module(self.model, DOCUMENT_ROUTE)
         value = getattr(module, "max_seq_length", None)
         return int(value) if value is not None else None
@@ -148,15 +217,18 @@ class DualEncoder:
     def fingerprint(self) -> EncoderFingerprint:
         """Identity of this encoder's document space and query tower (computed once per encoder).
 
-        The backend (``config.backend``) is deliberately not part of it. The fingerprint names a space:
-        which weights, prompt, normalisation, dimension, similarity and truncation place a text. The
-        OpenVINO backends run the same weights (the digest is taken from the torch weights, which stay
-        loaded in float32) and land within cosine 0.9999 of float32 with unchanged nDCG@10 on SciFact
-        (``benchmarks/fast_encoding.py``), which is far closer than any two spaces the fingerprint
-        separates. So an index built with ``"torch"`` is queried by an ``"openvino-bf16"`` encoder and the
-        other way round, documents are not re-encoded when only the backend changes, and the fingerprints
-        of existing configurations are unchanged.
+        The backend (``config.backend``) is deliberately not part of it, although ``"openvino-int8"`` runs
+        quantised weights and the bfloat16 backends lower precision: the digest is taken from the reference
+        float32 weights, and each backend approximates that one function within a bounded tolerance (see
+        :mod:`dual_encoder.fingerprint` for why, and ``benchmarks/README.md`` for the measured tolerance). So
+        an index built with ``"torch"`` is queried by an ``"openvino-int8"`` encoder and the other way round,
+        and documents are not re-encoded when only the backend changes.
+
+        A static query tower's export records the fingerprint (checked against the model files when it is
+        loaded), so a query-only process knows its space without loading the document tower.
         """
+        if self._fingerprint is None and self._static_manifest is not None:
+            self._fingerprint = self._static_manifest.fingerprint
         if self._fingerprint is None:
             model = self.model
             normalize = self.normalize
@@ -188,8 +260,11 @@ class DualEncoder:
         """One query to one float32 vector, through the query tower with the query prompt."""
         return self.encode_queries([text])[0]
 
-    def encode_queries(self, texts: Sequence[str], *, progress_bar: bool = False) -> np.ndarray:
-        """Queries to an ``(n, dimension)`` float32 matrix. Empty or non-text queries are refused."""
+    def encode_queries(self, texts: Sequence[str], *, progress_bar: bool | None = None) -> np.ndarray:
+        """Queries to an ``(n, dimension)`` float32 matrix. Empty or non-text queries are refused.
+
+        ``progress_bar``: ``None`` follows ``encode_kwargs["show_progress_bar"]`` of the definition (off by default).
+        """
         for position, text in enumerate(texts):
             if not isinstance(text, str):
                 raise EmptyTextError(
@@ -201,7 +276,24 @@ class DualEncoder:
                 )
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        return self._encode(texts, route=QUERY_ROUTE, prompt=self.query_prompt, progress_bar=progress_bar)
+        static = self._static_query_encoder()
+        if static is not None:
+            return static.encode(texts)
+        return self._encode(
+            texts, route=QUERY_ROUTE, prompt=self.query_prompt, progress_bar=self._progress(progress_bar)
+        )
+
+    def _static_query_encoder(self) -> StaticQueryEncoder | None:
+        """The numpy encoder of a static query tower: the export's, or one made from the loaded model (so that
+        every static tower refuses queries it cannot read, export or not); ``None`` for any other tower."""
+        export = self.load()._static_export
+        if export is not None:
+            return export.encoder
+        if self._static_from_model is False:
+            self._static_from_model = static_query_encoder_from_model(
+                self.model, prompt=self.query_prompt, normalize=self.normalize, name=self.config.model
+            )
+        return self._static_from_model  # type: ignore[return-value]
 
     def _encode(self, texts: Sequence[str], *, route: str, prompt: str, progress_bar: bool) -> np.ndarray:
         """Texts to vectors through ``route``: what sentence-transformers' ``encode_query`` /
@@ -258,7 +350,7 @@ class DualEncoder:
                 for batch in batches
             ]
             try:
-                for batch, result in zip(batches, running):
+                for batch, result in zip(batches, running, strict=True):
                     vectors[batch] = result.result()
                     progress.update(len(batch))
             except BaseException:
@@ -299,8 +391,10 @@ class DualEncoder:
             self._model_device = self.model.device
         return self._model_device
 
-    def encode_documents(self, texts: Sequence[str], *, progress_bar: bool = False) -> np.ndarray:
+    def encode_documents(self, texts: Sequence[str], *, progress_bar: bool | None = None) -> np.ndarray:
         """Document texts to an ``(n, dimension)`` float32 matrix, through the document tower.
+
+        ``progress_bar``: ``None`` follows ``encode_kwargs["show_progress_bar"]`` of the definition (off by default).
 
         Texts longer than the document tower's token limit are truncated; the first time that happens the
         encoder logs one warning with the count, instead of one per document.
@@ -313,7 +407,12 @@ class DualEncoder:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         self._warn_once_if_truncated(texts)
-        return self._encode(texts, route=DOCUMENT_ROUTE, prompt=self.document_prompt, progress_bar=progress_bar)
+        return self._encode(
+            texts, route=DOCUMENT_ROUTE, prompt=self.document_prompt, progress_bar=self._progress(progress_bar)
+        )
+
+    def _progress(self, progress_bar: bool | None) -> bool:
+        return self.config.show_progress_bar if progress_bar is None else progress_bar
 
     def count_truncated(self, texts: Sequence[str]) -> int:
         """How many document texts (with the document prompt) exceed the document tower's token limit."""
@@ -355,11 +454,24 @@ class DualEncoder:
 
 
 # ------------------------------------------------------------------------------------------ model anatomy
-def _router_of(model: SentenceTransformer):
+def _router_of(model: SentenceTransformer) -> Router | None:
     from sentence_transformers.base.modules import Router
 
     first = model[0] if len(model) else None
     return first if isinstance(first, Router) else None
+
+
+def _named_prompt(model: SentenceTransformer, prompt_name: str, model_name: str, *, role: str) -> str:
+    """The text of the model's prompt ``prompt_name``, or a clear error listing the prompts it has."""
+    prompts = model.prompts or {}
+    if prompt_name not in prompts:
+        available = sorted(prompts) or "none"
+        raise ConfigurationError(
+            f"{role}_prompt_name={prompt_name!r}, but model '{model_name}' has no prompt of that name (its prompts: "
+            f"{available}; they come from 'prompts' in its config_sentence_transformers.json). Pick one of them, or "
+            f"give the text itself as {role}_prompt."
+        )
+    return prompts[prompt_name] or ""
 
 
 def _ends_with_normalize(model: SentenceTransformer) -> bool:
@@ -370,10 +482,14 @@ def _ends_with_normalize(model: SentenceTransformer) -> bool:
 
 def tower_modules(model: SentenceTransformer, route: str) -> list[Any]:
     """The modules a text passes through in ``route``: the route's own modules, then the shared ones."""
+    import torch
+
     router = _router_of(model)
     if router is None:
         return list(model)
-    return list(router.sub_modules[route]) + list(model)[1:]
+    route_modules = router.sub_modules[route]
+    assert isinstance(route_modules, torch.nn.Sequential)  # a Router keeps each route as an nn.Sequential
+    return list(route_modules) + list(model)[1:]
 
 
 def _input_module(model: SentenceTransformer, route: str) -> Any:
