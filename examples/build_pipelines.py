@@ -4,7 +4,7 @@
     python examples/build_pipelines.py                  # embedded store: index the sample corpus, ask two questions
     python examples/build_pipelines.py --weaviate       # the same on Weaviate (WEAVIATE_URL, WEAVIATE_GRPC_PORT,
                                                         # optional WEAVIATE_API_KEY; see `dual-encoder weaviate start`)
-    python examples/build_pipelines.py --write-yaml     # refresh the four YAML files
+    python examples/build_pipelines.py --write-yaml     # refresh the YAML files (and examples/hayhooks/query.yml)
 
 The same encoder definition feeds both pipelines; that is what ties the query side to the document side.
 """
@@ -17,6 +17,7 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
+import yaml
 from haystack import Document, Pipeline
 from haystack.components.builders import PromptBuilder
 from haystack.components.writers import DocumentWriter
@@ -74,6 +75,19 @@ def build_query_pipeline(store_path: str = STORE_PATH, *, weaviate: bool = False
     return pipeline
 
 
+#: What Hayhooks exposes of the query pipeline: one ``query`` field feeds the retriever and the prompt, and the
+#: response carries the retrieved documents and the prompt.
+HAYHOOKS_IO = {
+    "inputs": {"query": ["retriever.query", "prompt_builder.question"]},
+    "outputs": {"documents": "retriever.documents", "prompt": "prompt_builder.prompt"},
+}
+
+
+def hayhooks_query_yaml(store_path: str = STORE_PATH) -> str:
+    """The query pipeline's YAML with the ``inputs``/``outputs`` Hayhooks needs to serve it over HTTP."""
+    return build_query_pipeline(store_path).dumps() + yaml.safe_dump(HAYHOOKS_IO, sort_keys=False)
+
+
 def sample_documents() -> list[Document]:
     corpus = resources.files("dual_encoder") / "sample_data" / "corpus.jsonl"
     rows = [json.loads(line) for line in corpus.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -89,7 +103,9 @@ def main() -> None:
         for prefix, weaviate in (("", False), ("weaviate_", True)):
             (HERE / f"{prefix}indexing_pipeline.yaml").write_text(build_indexing_pipeline(weaviate=weaviate).dumps())
             (HERE / f"{prefix}query_pipeline.yaml").write_text(build_query_pipeline(weaviate=weaviate).dumps())
-        print("wrote examples/{,weaviate_}{indexing,query}_pipeline.yaml")
+        (HERE / "hayhooks").mkdir(exist_ok=True)
+        (HERE / "hayhooks" / "query.yml").write_text(hayhooks_query_yaml())
+        print("wrote examples/{,weaviate_}{indexing,query}_pipeline.yaml and examples/hayhooks/query.yml")
         return
     with tempfile.TemporaryDirectory() as directory:
         store_path = str(Path(directory) / "index")

@@ -9,6 +9,7 @@ from haystack.components.retrievers.in_memory import InMemoryEmbeddingRetriever
 from haystack.document_stores.in_memory import InMemoryDocumentStore
 from haystack.errors import FilterError
 
+from dual_encoder.config import EncoderConfig
 from dual_encoder.errors import DimensionMismatchError, EncoderMismatchError
 from dual_encoder.fingerprint import DOCUMENT_SPACE_META_KEY, EMBEDDED_INPUT_META_KEY
 from dual_encoder.models import shared_model_count
@@ -285,6 +286,13 @@ ENCODER = {
     "trust_remote_code": False,
     "backend": "torch",
 }
+#: ENCODER as components serialize it: every value given, and the defaults of any parameter it leaves out.
+SERIALIZED_ENCODER = EncoderConfig.coerce(ENCODER).to_dict()
+
+
+def test_serialized_encoder_keeps_every_given_value():
+    assert ENCODER.items() <= SERIALIZED_ENCODER.items()
+    assert EncoderConfig.from_dict(SERIALIZED_ENCODER).to_dict() == SERIALIZED_ENCODER
 
 
 def test_document_embedder_round_trips_every_parameter():
@@ -293,7 +301,7 @@ def test_document_embedder_round_trips_every_parameter():
     )
     data = component.to_dict()
     assert data["init_parameters"] == {
-        "encoder": ENCODER, "meta_fields_to_embed": ["title"], "embedding_separator": " ", "progress_bar": False,
+        "encoder": SERIALIZED_ENCODER, "meta_fields_to_embed": ["title"], "embedding_separator": " ", "progress_bar": False,
         "document_store": None,
     }
     assert DualEncoderDocumentEmbedder.from_dict(data).to_dict() == data
@@ -311,7 +319,7 @@ def test_document_embedder_round_trips_its_document_store(tmp_path):
 
 def test_text_embedder_round_trips_every_parameter():
     data = DualEncoderTextEmbedder(encoder=ENCODER).to_dict()
-    assert data["init_parameters"] == {"encoder": ENCODER}
+    assert data["init_parameters"] == {"encoder": SERIALIZED_ENCODER}
     assert DualEncoderTextEmbedder.from_dict(data).to_dict() == data
 
 
@@ -325,6 +333,6 @@ def test_retriever_round_trips_every_parameter(tmp_path):
     data = component.to_dict()
     restored = DualEncoderRetriever.from_dict(data)
     assert restored.to_dict() == data
-    assert restored.top_k == 5 and restored.encoder_config.to_dict() == ENCODER
+    assert restored.top_k == 5 and restored.encoder_config.to_dict() == SERIALIZED_ENCODER
     assert restored.retriever.filter_policy.value == "merge" and restored.retriever.return_embedding is True
     assert restored.retriever.document_store.path == str(tmp_path)

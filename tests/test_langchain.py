@@ -14,7 +14,11 @@ from haystack import Document as HaystackDocument
 from haystack.document_stores.in_memory import InMemoryDocumentStore
 from haystack.document_stores.types import DuplicatePolicy
 from langchain_core.documents import Document
-from langchain_tests.integration_tests import VectorStoreIntegrationTests
+from langchain_tests.integration_tests import (
+    EmbeddingsIntegrationTests,
+    RetrieversIntegrationTests,
+    VectorStoreIntegrationTests,
+)
 
 from dual_encoder.embedded import open_embedded_store
 from dual_encoder.errors import (
@@ -244,8 +248,8 @@ def test_bad_k_and_filters_are_refused_before_the_query_is_encoded(vectorstore, 
         vectorstore.similarity_search("water", k=0)
     with pytest.raises(FilterError):
         vectorstore.similarity_search("water", filter={"field": "meta.year", "operator": "~", "value": 1})
-    with pytest.raises(ConfigurationError, match="hybrid_alpha needs a store with hybrid"):
-        vectorstore.similarity_search("water", hybrid_alpha=0.5)  # the embedded store has no hybrid search
+    with pytest.raises(ConfigurationError, match="weight must be a number from 0"):
+        vectorstore.similarity_search("water", hybrid_alpha=1.5)  # hybrid options are checked first too
     assert encoded == []
 
 
@@ -488,3 +492,42 @@ class TestLangChainStandardTestsWeaviate(VectorStoreIntegrationTests):
         yield DualEncoderVectorStore(self.get_embeddings(), store)
         store.close()
 
+
+
+class TestLangChainStandardEmbeddingsTests(EmbeddingsIntegrationTests):
+    """LangChain's own ``Embeddings`` tests (langchain-tests) on ``DualEncoderEmbeddings``."""
+
+    @property
+    def embeddings_class(self) -> type[DualEncoderEmbeddings]:
+        return DualEncoderEmbeddings
+
+    @property
+    def embedding_model_params(self) -> dict:
+        return {"encoder": "all-MiniLM-L6-v2"}
+
+
+@pytest.fixture(scope="module")
+def standard_vectorstore() -> DualEncoderVectorStore:
+    vectorstore = DualEncoderVectorStore.embedded(DualEncoderEmbeddings("all-MiniLM-L6-v2"))
+    vectorstore.add_texts([text for text, _ in TEXTS.values()], ids=list(TEXTS))
+    return vectorstore
+
+
+class TestLangChainStandardRetrieverTests(RetrieversIntegrationTests):
+    """LangChain's own ``BaseRetriever`` tests on ``DualEncoderRetriever`` over an embedded store."""
+
+    @pytest.fixture(autouse=True)
+    def _vectorstore(self, standard_vectorstore: DualEncoderVectorStore) -> None:
+        self._standard_vectorstore = standard_vectorstore
+
+    @property
+    def retriever_constructor(self) -> type[DualEncoderRetriever]:
+        return DualEncoderRetriever
+
+    @property
+    def retriever_constructor_params(self) -> dict:
+        return {"vectorstore": self._standard_vectorstore}
+
+    @property
+    def retriever_query_example(self) -> str:
+        return "What causes tides?"

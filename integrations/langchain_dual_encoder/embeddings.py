@@ -30,7 +30,8 @@ class DualEncoderEmbeddings(Embeddings):
         vectors = embeddings.embed_documents(["Tides are caused by the Moon."])
         question = embeddings.embed_query("What causes tides?")
 
-    :param encoder: An ``EncoderConfig``, its dict form, or a model name / folder.
+    :param encoder: An ``EncoderConfig``, its dict form, or a model name / folder. A model folder's named
+        prompts are chosen there: ``{"model": ..., "query_prompt_name": "query", "document_prompt_name": "passage"}``.
     :param progress_bar: Show a progress bar while embedding documents.
     """
 

@@ -42,21 +42,30 @@ class DualEncoderRetriever(BaseRetriever):
     def model_post_init(self, __context: Any) -> None:
         validate_top_k(self.k)
 
-    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
+    def _get_relevant_documents(
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun, k: int | None = None
+    ) -> list[Document]:
+        """``k`` given to ``invoke`` overrides the retriever's own for that call, as LangChain's retrievers do."""
         return self._with_scores(
             *self.vectorstore.similarity_search_with_method(
-                query, self.k, self.filter, self.hybrid_alpha, exact=self.exact
+                query, self._top_k(k), self.filter, self.hybrid_alpha, exact=self.exact
             )
         )
 
     async def _aget_relevant_documents(
-        self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun
+        self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, k: int | None = None
     ) -> list[Document]:
         return self._with_scores(
             *await self.vectorstore.asimilarity_search_with_method(
-                query, self.k, self.filter, self.hybrid_alpha, exact=self.exact
+                query, self._top_k(k), self.filter, self.hybrid_alpha, exact=self.exact
             )
         )
+
+    def _top_k(self, k: int | None) -> int:
+        if k is None:
+            return self.k
+        validate_top_k(k)
+        return k
 
     @staticmethod
     def _with_scores(found: list[tuple[Document, float]], method: str) -> list[Document]:

@@ -33,7 +33,18 @@ from dual_encoder.documents import DocumentInput, embed_documents
 from dual_encoder.errors import ConfigurationError
 from dual_encoder.filters import from_simple_mapping
 from dual_encoder.fingerprint import DOCUMENT_SPACE_META_KEY, EMBEDDED_INPUT_META_KEY
-from dual_encoder.stores import DuplicatePolicy, SearchResult, Store, StoredRecord, validate_search, verify_hits
+from dual_encoder.fusion import FusionMethod
+from dual_encoder.hybrid import DEFAULT_FUSION, hybrid_search, validate_hybrid
+from dual_encoder.stores import (
+    DuplicatePolicy,
+    SearchHit,
+    SearchResult,
+    Store,
+    StoredRecord,
+    validate_search,
+    verify_hits,
+)
+from dual_encoder.stores.contract import StoreClosedError
 from langchain_dual_encoder.embeddings import DualEncoderEmbeddings
 
 
@@ -43,21 +54,6 @@ class WrapsStore(Protocol):
     (``EmbeddedDocumentStore``, ``DualEncoderWeaviateDocumentStore``) are such wrappers."""
 
     store: Store
-
-
-@runtime_checkable
-class SupportsHybridSearch(Protocol):
-    """A store that fuses keyword (BM25) and vector search, such as ``dual_encoder_weaviate.WeaviateStore``."""
-
-    def hybrid_search(
-        self,
-        text: str,
-        vector: Sequence[float],
-        *,
-        top_k: int,
-        filters: Mapping[str, Any] | None,
-        alpha: float,
-    ) -> SearchResult: ...
 
 
 def as_store(store: Store | WrapsStore) -> Store:
@@ -85,8 +81,10 @@ class DualEncoderVectorStore(VectorStore):
     Documents are embedded and stamped exactly as Haystack's ``DualEncoderDocumentEmbedder`` does, so a
     collection indexed from Haystack can be searched from LangChain and the other way round, with the same ids
     and the same scores. Searches are pure vector searches; ``hybrid_alpha`` asks a store with keyword search
-    (Weaviate) for a hybrid (BM25 + vector) search explicitly. Every search checks the encoder fingerprint
-    against the store before encoding the query, and every hit's recorded document space after.
+    (the embedded store, Weaviate, a ``KeywordIndexedStore``) for a hybrid (BM25 + vector) search explicitly: the
+    same fused ranking as ``dual_encoder.hybrid.hybrid_search`` and Haystack's ``DualEncoderHybridRetriever``.
+    Every search checks the encoder fingerprint against the store before encoding the query, and every hit's
+    recorded document space after.
 
     Scores are the store's similarities: cosine in [-1, 1], or raw dot products for a ``"dot"`` store.
     Documents come back with the metadata they were added with; the store also keeps the encoder's stamps
@@ -111,7 +109,8 @@ class DualEncoderVectorStore(VectorStore):
                 f"one model and prompt to both roles and carry no fingerprint."
             )
         self._embedding = embedding
-        self.store: Store = as_store(store)
+        self._store: Store = as_store(store)
+        self._closed = False
 
     @classmethod
     def embedded(
@@ -129,6 +128,33 @@ class DualEncoderVectorStore(VectorStore):
     @property
     def embeddings(self) -> Embeddings:
         return self._embedding
+
+    @property
+    def store(self) -> Store:
+        """The core store behind this vector store.
+
+        :raises StoreClosedError: after :meth:`close`.
+        """
+        if self._closed:
+            raise StoreClosedError(
+                f"This DualEncoderVectorStore ({self._store.location}) is closed: close() released its connection and "
+                f"files. Create a new DualEncoderVectorStore over the store (the store reopens on its next use)."
+            )
+        return self._store
+
+    # ---------------------------------------------------------------------------------------- lifecycle
+    def close(self) -> None:
+        """Release the store's connection (Weaviate's client) or files (the embedded store's database, vector map
+        and lock); calling it again does nothing, using this vector store afterwards raises ``StoreClosedError``.
+        The embedded store's directory opened elsewhere in the process keeps working there."""
+        if self._closed:
+            return
+        self._closed = True
+        self._store.close()
+
+    async def aclose(self) -> None:
+        """:meth:`close` without blocking the event loop."""
+        await asyncio.to_thread(self.close)
 
     # ------------------------------------------------------------------------------------------ writing
     def add_texts(
@@ -224,21 +250,32 @@ class DualEncoderVectorStore(VectorStore):
         hybrid_alpha: float | None = None,
         *,
         exact: bool | None = None,
+        hybrid_fusion: FusionMethod = DEFAULT_FUSION,
+        hybrid_candidates: int | None = None,
         **kwargs: Any,
     ) -> list[tuple[Document, float]]:
         """The ``k`` best documents with their similarity scores (the same scale as the Haystack side).
 
         :param filter: Haystack filter syntax, or a plain ``{"key": value}`` mapping meaning equality on each key.
-        :param hybrid_alpha: For a store with keyword search (Weaviate): a hybrid search weighting vector (1.0)
-            against BM25 (0.0). Hybrid scores are the store's fused scores, not similarities.
+        :param hybrid_alpha: ``None``: vector search. A number from 0 (BM25 only) to 1 (vector only): a hybrid
+            search on a store with keyword search, ``hybrid_alpha`` being the vector side's share
+            (``dual_encoder.hybrid.DEFAULT_WEIGHT`` is the tuned default). Scores are then the fused scores
+            (comparable within one result list only), not similarities.
         :param exact: ``True`` scores every document, ``False`` asks for the approximate index, ``None`` lets
             the store choose.
-        :raises ConfigurationError: a bad ``k``, or ``hybrid_alpha`` on a store without keyword search.
+        :param hybrid_fusion: ``"weighted"`` (min-max normalised scores) or ``"rrf"`` (reciprocal-rank fusion).
+        :param hybrid_candidates: Documents taken from each side before fusing (``None``: the core default).
+        :raises ConfigurationError: a bad ``k`` or fusion option, or ``hybrid_alpha`` on a store without keyword
+            search.
         :raises FilterError: a malformed filter.
         :raises EncoderMismatchError: the store or a hit holds embeddings from another document encoder.
         """
-        _refuse_unknown(kwargs, "similarity_search_with_score", "k, filter, hybrid_alpha and exact")
-        return self.similarity_search_with_method(query, k, filter, hybrid_alpha, exact=exact)[0]
+        known = "k, filter, hybrid_alpha, exact, hybrid_fusion and hybrid_candidates"
+        _refuse_unknown(kwargs, "similarity_search_with_score", known)
+        return self.similarity_search_with_method(
+            query, k, filter, hybrid_alpha, exact=exact, hybrid_fusion=hybrid_fusion,
+            hybrid_candidates=hybrid_candidates,
+        )[0]
 
     def similarity_search_with_method(
         self,
@@ -248,18 +285,25 @@ class DualEncoderVectorStore(VectorStore):
         hybrid_alpha: float | None = None,
         *,
         exact: bool | None = None,
+        hybrid_fusion: FusionMethod = DEFAULT_FUSION,
+        hybrid_candidates: int | None = None,
     ) -> tuple[list[tuple[Document, float]], str]:
         """Like :meth:`similarity_search_with_score`, and also how the hits were found: ``"exact"`` (every
         candidate scored), ``"approximate"`` (an ANN index) or ``"hybrid"``."""
         filters = from_simple_mapping(filter)
         validate_search(k, filters)
-        hybrid = self._hybrid_store() if hybrid_alpha is not None else None
         encoder = self._embedding.encoder
+        if hybrid_alpha is not None:
+            validate_hybrid(k, filters, hybrid_fusion, hybrid_alpha, hybrid_candidates, None)
+            self._require_keyword_search()
+            fused = hybrid_search(
+                encoder, self.store, query, top_k=k, filters=filters, fusion=hybrid_fusion, weight=hybrid_alpha,
+                candidates=hybrid_candidates, exact=exact,
+            )
+            hits = [SearchHit(record=hit.record, score=hit.score) for hit in fused.hits]
+            return self._verified(SearchResult(hits=hits, method="hybrid")), "hybrid"
         self.store.check_encoder(encoder.fingerprint)
         vector = encoder.encode_query(query)
-        if hybrid is not None:
-            result = hybrid.hybrid_search(query, vector, top_k=k, filters=filters, alpha=hybrid_alpha)
-            return self._verified(result), "hybrid"
         result = self.store.vector_search(vector, top_k=k, filters=filters, exact=exact)
         return self._verified(result), result.method
 
@@ -271,8 +315,13 @@ class DualEncoderVectorStore(VectorStore):
         hybrid_alpha: float | None = None,
         *,
         exact: bool | None = None,
+        hybrid_fusion: FusionMethod = DEFAULT_FUSION,
+        hybrid_candidates: int | None = None,
     ) -> tuple[list[tuple[Document, float]], str]:
-        return await asyncio.to_thread(self.similarity_search_with_method, query, k, filter, hybrid_alpha, exact=exact)
+        return await asyncio.to_thread(
+            self.similarity_search_with_method, query, k, filter, hybrid_alpha, exact=exact,
+            hybrid_fusion=hybrid_fusion, hybrid_candidates=hybrid_candidates,
+        )
 
     def similarity_search(
         self, query: str, k: int = 4, filter: Mapping[str, Any] | None = None, **kwargs: Any
@@ -407,13 +456,13 @@ class DualEncoderVectorStore(VectorStore):
         return vectorstore
 
     # ------------------------------------------------------------------------------------------ internals
-    def _hybrid_store(self) -> SupportsHybridSearch:
-        if isinstance(self.store, SupportsHybridSearch) and getattr(self.store, "supports_keyword_search", True):
-            return self.store
-        raise ConfigurationError(
-            f"hybrid_alpha needs a store with hybrid (keyword + vector) search, such as "
-            f"dual_encoder_weaviate.WeaviateStore; {self.store.location} has none. Leave hybrid_alpha unset."
-        )
+    def _require_keyword_search(self) -> None:
+        if not getattr(self.store, "supports_keyword_search", False):
+            raise ConfigurationError(
+                f"hybrid_alpha needs a store with hybrid (keyword + vector) search, such as the embedded store or "
+                f"dual_encoder_weaviate.WeaviateStore; {self.store.location} has no keyword index. Leave "
+                f"hybrid_alpha unset, or wrap the store: dual_encoder.hybrid.KeywordIndexedStore(store)."
+            )
 
     def _checked_search(
         self, k: int, filter: Mapping[str, Any] | None, fetch_k: int, lambda_mult: float
@@ -431,7 +480,7 @@ class DualEncoderVectorStore(VectorStore):
 
     def _mmr(
         self,
-        vector: Sequence[float],
+        vector: np.ndarray | Sequence[float],
         k: int,
         fetch_k: int,
         lambda_mult: float,
@@ -452,8 +501,13 @@ class DualEncoderVectorStore(VectorStore):
                 candidates.append((document, np.asarray(embedding, dtype=np.float32)))
         if not candidates:
             return []
+        # langchain_core annotates the embeddings as list[list[float]], but it hands them to its cosine_similarity,
+        # which takes any matrix-like, numpy arrays included.
         chosen = maximal_marginal_relevance(
-            np.asarray(vector, dtype=np.float32), [e for _, e in candidates], lambda_mult=lambda_mult, k=k
+            np.asarray(vector, dtype=np.float32),
+            [e for _, e in candidates],  # type: ignore[misc]
+            lambda_mult=lambda_mult,
+            k=k,
         )
         return [candidates[i][0] for i in chosen]
 

@@ -32,6 +32,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
 import math
 from abc import ABC, abstractmethod
@@ -65,6 +66,10 @@ SearchMethod = Literal["exact", "approximate", "keyword", "hybrid"]
 
 class KeywordSearchUnsupportedError(DualEncoderError, NotImplementedError):
     """The store has no keyword (BM25) index."""
+
+
+class StoreClosedError(DualEncoderError, RuntimeError):
+    """A framework-facing store (a Haystack document store, a LangChain vector store) was used after ``close()``."""
 
 
 class DuplicatePolicy(str, Enum):
@@ -104,7 +109,9 @@ class StoredRecord:
             return False
         if (self.embedding is None) != (other.embedding is None):
             return False
-        return self.embedding is None or bool(np.array_equal(self.embedding, other.embedding))
+        if self.embedding is None or other.embedding is None:
+            return True
+        return bool(np.array_equal(self.embedding, other.embedding))
 
 
 @dataclass(frozen=True)
@@ -201,7 +208,16 @@ class Store(ABC):
         """Store-specific checks of one record before any is written (e.g. JSON-safety). Optional."""
 
     def close(self) -> None:
-        """Release connections and file handles. Optional; the store may be used again afterwards."""
+        """Release connections and file handles; calling it again does nothing. Optional.
+
+        A core store reopens (reconnects) on its next use: the embedded store is shared by every opener of one
+        directory in a process, so one opener's close must not break the others. The framework adapters (Haystack's
+        document stores, LangChain's vector store) refuse use after their own ``close()`` instead.
+        """
+
+    async def close_async(self) -> None:
+        """:meth:`close` without blocking the event loop."""
+        await asyncio.to_thread(self.close)
 
     # --------------------------------------------------------------------------- the embedding space
     def embedding_space(self) -> StoredSpace:
@@ -366,7 +382,7 @@ class Store(ABC):
     async def count_async(self, filters: Mapping[str, Any] | None = None) -> int:
         return await asyncio.to_thread(self.count, filters)
 
-    async def list_async(self, filters: Mapping[str, Any] | None = None) -> list[StoredRecord]:
+    async def list_async(self, filters: Mapping[str, Any] | None = None) -> builtins.list[StoredRecord]:
         return await asyncio.to_thread(self.list, filters)
 
     async def vector_search_async(

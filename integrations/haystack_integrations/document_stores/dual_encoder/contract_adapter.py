@@ -30,6 +30,7 @@ from dual_encoder import errors
 from dual_encoder.fingerprint import EncoderFingerprint, StoredSpace
 from dual_encoder.stores import DuplicatePolicy as StoreDuplicatePolicy
 from dual_encoder.stores import SearchResult, Store, StoredRecord
+from dual_encoder.stores.contract import StoreClosedError
 
 _POLICIES = {
     DuplicatePolicy.NONE: StoreDuplicatePolicy.FAIL,
@@ -41,11 +42,45 @@ _POLICIES = {
 
 class ContractDocumentStore:
     """Base of this package's Haystack document stores. Subclasses set ``self.store`` to a core ``Store``
-    and implement ``to_dict`` / ``from_dict``."""
+    and implement ``to_dict`` / ``from_dict``.
 
-    store: Store
+    Lifecycle: :meth:`close` (which ``Pipeline.close()`` reaches through the components holding the store)
+    releases the connection or files; using the store afterwards raises ``StoreClosedError`` until
+    :meth:`warm_up` reopens it. This package's components warm their store up, so running a closed pipeline
+    again reopens it, as it recreates the clients of Haystack's own components.
+    """
+
+    _store: Store
+    _closed: bool = False
+
+    @property
+    def store(self) -> Store:
+        """The core store behind this document store.
+
+        :raises StoreClosedError: after :meth:`close`, until :meth:`warm_up`.
+        """
+        if self._closed:
+            raise StoreClosedError(
+                f"This {type(self).__name__} ({self._store.location}) is closed: close() or Pipeline.close() released "
+                f"its connection and files. Call its warm_up() to reopen it (running a pipeline does, through this "
+                f"package's components), or create a new store."
+            )
+        return self._store
+
+    @store.setter
+    def store(self, store: Store) -> None:
+        self._store = store
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called and :meth:`warm_up` not since."""
+        return self._closed
 
     # -------------------------------------------------------------------------------------- protocol
+    def to_dict(self) -> dict[str, Any]:
+        """This store's definition for a pipeline file; each subclass supplies its own."""
+        raise NotImplementedError(f"{type(self).__name__} must implement to_dict() to be saved in a pipeline.")
+
     def count_documents(self) -> int:
         """Number of stored documents."""
         return self.store.count()
@@ -159,11 +194,24 @@ class ContractDocumentStore:
         self.store.check_encoder(fingerprint)
 
     # ------------------------------------------------------------------------------------- lifecycle
+    def warm_up(self) -> None:
+        """Reopen after :meth:`close` (the connection or files open on first use); does nothing otherwise."""
+        self._closed = False
+
     def close(self) -> None:
-        self.store.close()
+        """Release the connection (Weaviate's client) or files (the embedded store's database, vector map and lock).
+
+        Calling it again does nothing. An embedded store's directory opened elsewhere in the process keeps working
+        there (it reopens on its next use); this object refuses use until :meth:`warm_up`.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._store.close()
 
     async def close_async(self) -> None:
-        await asyncio.to_thread(self.store.close)
+        """:meth:`close` without blocking the event loop."""
+        await asyncio.to_thread(self.close)
 
 
 # ---------------------------------------------------------------------------------------- translation
@@ -190,8 +238,14 @@ def document_to_record(document: Document) -> StoredRecord:
         extra["blob"] = document.blob.to_dict()
     if document.sparse_embedding is not None:
         extra["sparse_embedding"] = document.sparse_embedding.to_dict()
+    # The embedding stays a list here: the store converts it to a float32 vector when it validates the record,
+    # with an error that names the document when the list is not a flat list of finite floats.
     return StoredRecord(
-        id=document.id, content=document.content, meta=dict(document.meta), embedding=document.embedding, extra=extra
+        id=document.id,
+        content=document.content,
+        meta=dict(document.meta),
+        embedding=document.embedding,  # type: ignore[arg-type]
+        extra=extra,
     )
 
 

@@ -75,6 +75,8 @@ class DualEncoderWeaviateDocumentStore(ContractDocumentStore):
     the one in use goes away.
     """
 
+    store: WeaviateStore
+
     def __init__(
         self,
         *,

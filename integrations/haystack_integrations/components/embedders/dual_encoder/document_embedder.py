@@ -40,7 +40,8 @@ class DualEncoderDocumentEmbedder:
         embedder = DualEncoderDocumentEmbedder(document_store=store)
 
     :param encoder: The encoder definition (an ``EncoderConfig``, its dict form, or a model name). Use the
-        same definition for the query side.
+        same definition for the query side. A model folder's named prompts are chosen there
+        (``{"document_prompt_name": "passage", "query_prompt_name": "query"}``), and serialised with it.
     :param meta_fields_to_embed: Meta fields whose values are embedded before the content. Values must be
         strings, numbers or booleans.
     :param embedding_separator: Joins the meta values and the content.
@@ -71,9 +72,25 @@ class DualEncoderDocumentEmbedder:
         self.encoder = DualEncoder(self.encoder_config)
 
     def warm_up(self) -> None:
-        """Load the model (shared within the process) and compute its fingerprint; idempotent."""
+        """Load the model (shared within the process), compute its fingerprint and reopen ``document_store`` if
+        it was closed; idempotent."""
+        if self.document_store is not None and hasattr(self.document_store, "warm_up"):
+            self.document_store.warm_up()
         self.encoder.load()
         _ = self.encoder.fingerprint
+
+    def close(self) -> None:
+        """Close ``document_store`` (when given and closable); ``Pipeline.close()`` calls this. Closing a store that
+        the pipeline's writer also closes is harmless."""
+        if self.document_store is not None and hasattr(self.document_store, "close"):
+            self.document_store.close()
+
+    async def close_async(self) -> None:
+        """:meth:`close` without blocking the event loop; ``close_async()`` of a pipeline calls this."""
+        if self.document_store is not None and hasattr(self.document_store, "close_async"):
+            await self.document_store.close_async()
+        elif self.document_store is not None and hasattr(self.document_store, "close"):
+            await asyncio.to_thread(self.document_store.close)
 
     def to_dict(self) -> dict[str, Any]:
         return default_to_dict(

@@ -21,7 +21,8 @@ class DualEncoderTextEmbedder:
         embedding = embedder.run(text="What causes tides?")["embedding"]
 
     :param encoder: The encoder definition (an ``EncoderConfig``, its dict form, or a model name); the same
-        one the documents were embedded with.
+        one the documents were embedded with. A model folder's named prompts are chosen there
+        (``query_prompt_name``, ``document_prompt_name``), and serialised with it.
     """
 
     def __init__(self, encoder: EncoderConfig | dict[str, Any] | str = "all-MiniLM-L6-v2") -> None:

@@ -65,6 +65,19 @@ class DualEncoderRetriever:
         if hasattr(self.retriever, "warm_up"):
             self.retriever.warm_up()
 
+    def close(self) -> None:
+        """Close the inner retriever (and so its document store's connection or files), if it can be closed;
+        ``Pipeline.close()`` calls this. The model stays loaded: it is shared within the process."""
+        if hasattr(self.retriever, "close"):
+            self.retriever.close()
+
+    async def close_async(self) -> None:
+        """:meth:`close` without blocking the event loop, through the inner retriever's ``close_async`` if any."""
+        if hasattr(self.retriever, "close_async"):
+            await self.retriever.close_async()
+        elif hasattr(self.retriever, "close"):
+            await asyncio.to_thread(self.retriever.close)
+
     def to_dict(self) -> dict[str, Any]:
         return default_to_dict(
             self,

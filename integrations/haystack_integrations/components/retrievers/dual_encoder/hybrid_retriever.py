@@ -104,9 +104,20 @@ class DualEncoderHybridRetriever:
         self.exact = exact
 
     def warm_up(self) -> None:
-        """Load the query tower (shared within the process); idempotent."""
+        """Load the query tower (shared within the process) and reopen the document store if it was closed;
+        idempotent."""
+        self.document_store.warm_up()
         self.encoder.load()
         _ = self.encoder.fingerprint
+
+    def close(self) -> None:
+        """Release the document store's connection or files; ``Pipeline.close()`` calls this. The model stays
+        loaded: it is shared within the process."""
+        self.document_store.close()
+
+    async def close_async(self) -> None:
+        """:meth:`close` without blocking the event loop; ``close_async()`` of a pipeline calls this."""
+        await self.document_store.close_async()
 
     def to_dict(self) -> dict[str, Any]:
         return default_to_dict(

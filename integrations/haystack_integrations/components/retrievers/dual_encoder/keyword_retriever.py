@@ -57,6 +57,18 @@ class DualEncoderKeywordRetriever:
         self.filter_policy = FilterPolicy.from_str(filter_policy) if isinstance(filter_policy, str) else filter_policy
         self.return_embedding = return_embedding
 
+    def warm_up(self) -> None:
+        """Reopen the document store if it was closed (its connection or files open on first use); idempotent."""
+        self.document_store.warm_up()
+
+    def close(self) -> None:
+        """Release the document store's connection or files; ``Pipeline.close()`` calls this."""
+        self.document_store.close()
+
+    async def close_async(self) -> None:
+        """:meth:`close` without blocking the event loop; ``close_async()`` of a pipeline calls this."""
+        await self.document_store.close_async()
+
     def to_dict(self) -> dict[str, Any]:
         return default_to_dict(
             self,
