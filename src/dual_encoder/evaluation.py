@@ -8,21 +8,25 @@ Example::
     data = load_beir("../shared/data/scifact", split="test")
     run = {query_id: {doc_id: score, ...}, ...}     # from any retriever
     evaluate_run(data.qrels, run)["ndcg@10"]          # 0.645 for all-MiniLM-L6-v2
+
+:func:`evaluate_store` ranks with vector search, BM25 keyword search or hybrid search (both fused), so the three
+are scored on the same store with the same metrics.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 from dual_encoder.errors import ConfigurationError, InvalidDocumentError
 from dual_encoder.sources import json_objects
 
 if TYPE_CHECKING:
+    from dual_encoder.encoder import DualEncoder
     from dual_encoder.stores import Store
 
 logger = logging.getLogger(__name__)
@@ -31,6 +35,26 @@ logger = logging.getLogger(__name__)
 EVALUATION_DEPTH = 1000
 #: Cut-offs of the recall@k curve.
 RECALL_CURVE_KS = (1, 3, 5, 10, 20, 50, 100, 200, 500, 1000)
+
+RetrievalMethod = Literal["vector", "keyword", "hybrid"]
+#: How :func:`evaluate_store` can rank: dual-encoder vector search, BM25 keyword search, or both fused.
+RETRIEVAL_METHODS: tuple[str, ...] = ("vector", "keyword", "hybrid")
+#: Other names people use for the same methods.
+RETRIEVAL_ALIASES = {"dense": "vector", "bm25": "keyword"}
+
+
+def resolve_retrieval(retrieval: str) -> RetrievalMethod:
+    """The retrieval method named by ``retrieval`` (``"dense"`` and ``"bm25"`` are accepted as aliases).
+
+    :raises ConfigurationError: an unknown name, listing the accepted ones.
+    """
+    name = RETRIEVAL_ALIASES.get(retrieval, retrieval)
+    if name not in RETRIEVAL_METHODS:
+        raise ConfigurationError(
+            f"Unknown retrieval {retrieval!r}; use one of {list(RETRIEVAL_METHODS)} (or the aliases "
+            f"{sorted(RETRIEVAL_ALIASES)})."
+        )
+    return name  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -55,7 +79,7 @@ class BeirDataset:
     notes: list[str] = field(default_factory=list)
 
 
-def _json_lines(path: Path):
+def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     for number, row in json_objects(path):
         if "_id" not in row:
             raise InvalidDocumentError(f"{path}:{number} has no '_id' field; BEIR lines need one.")
@@ -175,26 +199,69 @@ class EvaluationReport:
     depth: int
     metrics: dict[str, float]
     notes: list[str]
+    #: ``"vector"``, ``"keyword"`` or ``"hybrid"``.
+    retrieval: str = "vector"
+    #: The fusion options of a hybrid run (``fusion``, ``weight``, ``candidates``); ``None`` otherwise.
+    fusion: dict[str, Any] | None = None
 
 
 def evaluate_store(
     folder: str | Path,
     *,
     split: str = "test",
-    encoder,
+    encoder: DualEncoder,
     store: Store,
     progress_bar: bool = True,
     exact: bool | None = None,
+    retrieval: str = "vector",
+    fusion: str | None = None,
+    weight: float | None = None,
+    candidates: int | None = None,
 ) -> EvaluationReport:
-    """Index a BEIR corpus into ``store`` (any store of the contract) with ``encoder``, rank every judged query
-    to :data:`EVALUATION_DEPTH`, and score the rankings. A store that already holds the corpus from the same
-    encoder re-encodes nothing.
+    """Index a BEIR corpus into ``store`` (any store of the contract) with ``encoder``, rank every judged query,
+    and score the rankings. A store that already holds the corpus from the same encoder re-encodes nothing.
 
-    :param exact: passed to every search (``True``: exact; ``False``: the store's approximate index).
+    :param exact: passed to every vector search (``True``: exact; ``False``: the store's approximate index).
+    :param retrieval: ``"vector"`` (the dual encoder), ``"keyword"`` (the store's BM25) or ``"hybrid"``
+        (:func:`dual_encoder.hybrid.hybrid_search`: both, fused). Vector and keyword rankings go to
+        :data:`EVALUATION_DEPTH`; a hybrid ranking is the fused ``candidates`` from each side cut to ``candidates``
+        documents, so its top 10 is exactly what a top-10 hybrid search with the same options returns (raise
+        ``candidates`` for deeper recall).
+    :param fusion: ``"weighted"`` or ``"rrf"`` (hybrid only; ``None``: the default of :mod:`dual_encoder.hybrid`).
+    :param weight: The vector side's share, 0 to 1 (hybrid only; ``None``: the default).
+    :param candidates: Documents per side before fusing (hybrid only; ``None``: the default).
+    :returns: The metrics, with ``retrieval`` and (hybrid) the ``fusion`` options used.
+    :raises ConfigurationError: an unknown retrieval or fusion option, fusion options without hybrid retrieval.
+    :raises KeywordSearchUnsupportedError: keyword or hybrid retrieval on a store without a keyword index
+        (raised before anything is encoded).
     """
     from dual_encoder.documents import DocumentInput
+    from dual_encoder.hybrid import (
+        DEFAULT_CANDIDATES,
+        DEFAULT_FUSION,
+        DEFAULT_WEIGHT,
+        hybrid_search,
+        require_keyword_search,
+        validate_hybrid,
+    )
     from dual_encoder.search import index_documents
 
+    method = resolve_retrieval(retrieval)
+    fusion_options: dict[str, Any] | None = None
+    if method == "hybrid":
+        fusion_options = {
+            "fusion": DEFAULT_FUSION if fusion is None else fusion,
+            "weight": DEFAULT_WEIGHT if weight is None else weight,
+            "candidates": DEFAULT_CANDIDATES if candidates is None else candidates,
+        }
+        validate_hybrid(1, None, fusion_options["fusion"], fusion_options["weight"], fusion_options["candidates"], None)
+    elif fusion is not None or weight is not None or candidates is not None:
+        raise ConfigurationError(
+            f"fusion, weight and candidates apply to hybrid retrieval only, but retrieval is {method!r}; pass "
+            f"retrieval='hybrid' (--retrieval hybrid) or leave them out."
+        )
+    if method != "vector":
+        require_keyword_search(store)
     data = load_beir(folder, split)
     documents = [DocumentInput(id=d.id, content=d.beir_text) for d in data.corpus.values() if d.beir_text]
     skipped = len(data.corpus) - len(documents)
@@ -203,33 +270,64 @@ def evaluate_store(
         notes.append(f"{skipped} corpus document(s) have neither title nor text and were not indexed.")
     index_documents(encoder, store, documents, progress_bar=progress_bar)
     query_ids = list(data.queries)
-    vectors = encoder.encode_queries([data.queries[q] or " " for q in query_ids], progress_bar=progress_bar)
-    methods = set()
-    run = {}
-    for query_id, vector in zip(query_ids, vectors):
-        result = store.vector_search(vector, top_k=EVALUATION_DEPTH, exact=exact)
-        methods.add(result.method)
-        run[query_id] = {hit.record.id: hit.score for hit in result.hits}
+    methods: set[str] = set()
+    run: dict[str, dict[str, float]] = {}
+    depth = EVALUATION_DEPTH
+    if method == "vector":
+        vectors = encoder.encode_queries([data.queries[q] or " " for q in query_ids], progress_bar=progress_bar)
+        for query_id, vector in zip(query_ids, vectors):
+            result = store.vector_search(vector, top_k=EVALUATION_DEPTH, exact=exact)
+            methods.add(result.method)
+            run[query_id] = {hit.record.id: hit.score for hit in result.hits}
+    elif method == "keyword":
+        for query_id in _progress(query_ids, progress_bar, "BM25 search"):
+            result = store.keyword_search(data.queries[query_id], top_k=EVALUATION_DEPTH)
+            methods.add(result.method)
+            run[query_id] = {hit.record.id: hit.score for hit in result.hits}
+    else:
+        assert fusion_options is not None
+        depth = fusion_options["candidates"]
+        for query_id in _progress(query_ids, progress_bar, "hybrid search"):
+            fused = hybrid_search(
+                encoder, store, data.queries[query_id] or " ", top_k=depth, fusion=fusion_options["fusion"],
+                weight=fusion_options["weight"], candidates=depth, exact=exact,
+            )
+            methods.add(f"hybrid ({fusion_options['fusion']}, weight {fusion_options['weight']}, {depth} candidates"
+                        f" per side; vector side {fused.vector_method})")
+            run[query_id] = {hit.record.id: hit.score for hit in fused.hits}
     notes.append(f"search: {', '.join(sorted(methods)) or 'none'} ({store.location})")
     return EvaluationReport(
         dataset=str(folder), split=split, encoder=encoder.config.to_dict(), documents=len(data.corpus),
-        queries=len(query_ids), depth=EVALUATION_DEPTH, metrics=evaluate_run(data.qrels, run), notes=notes,
+        queries=len(query_ids), depth=depth, metrics=evaluate_run(data.qrels, run), notes=notes,
+        retrieval=method, fusion=fusion_options,
     )
+
+
+def _progress(items: list[str], enabled: bool, description: str) -> Any:
+    if not enabled:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=description, unit="query")
 
 
 def evaluate_embedded(
     folder: str | Path,
     *,
     split: str = "test",
-    encoder,
+    encoder: DualEncoder,
     index_path: str | Path | None = None,
     progress_bar: bool = True,
+    retrieval: str = "vector",
 ) -> EvaluationReport:
     """Index a BEIR corpus into the embedded store with ``encoder`` and evaluate it on ``split``.
 
     With ``index_path`` the index is kept, and a later run with the same encoder skips re-encoding.
+    ``retrieval`` is as in :func:`evaluate_store` (hybrid with the default fusion).
     """
     from dual_encoder.embedded import open_embedded_store
 
     store = open_embedded_store(index_path, similarity=encoder.similarity)
-    return evaluate_store(folder, split=split, encoder=encoder, store=store, progress_bar=progress_bar)
+    return evaluate_store(
+        folder, split=split, encoder=encoder, store=store, progress_bar=progress_bar, retrieval=retrieval
+    )
