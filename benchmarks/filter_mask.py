@@ -146,7 +146,7 @@ def run_size(count: int, repeat: int, reference_repeat: int) -> dict:
         result["values_source_first_use_ms"][name] = round((time.perf_counter() - started) * 1000, 1)
         assert np.array_equal(got, expected), f"{name}: on-demand columns differ"
     result["values_source_column_megabytes_total"] = round(sum(column_bytes(on_demand).values()) / 1e6, 1)
-    del on_demand, by_field
+    on_demand = by_field = None
 
     # A 10-row write once five fields have built columns: new rows at the end, and overwrites in the middle.
     rng = np.random.default_rng(1)

@@ -912,7 +912,7 @@ def write_markdown(result: dict, path: Path) -> None:
                 write = f"{fmt(w.get('write_s'))} ({fmt(w.get('write_docs_per_s'), 0)})" if w else "—"
                 lines.append(f"| {scale} | `{name}` | {s['p50_ms']:.1f} | {s['p99_ms']:.1f} | {s['n']} | {write} | "
                              f"{fmt(w.get('rss_growth_mb'), 0) if w else '—'} |")
-            for name, why in block.get("skipped", {}).items():
+            for name in block.get("skipped", {}):
                 lines.append(f"| {scale} | `{name}` | skipped | | | | |")
     lines += ["", "## Ratios against each peer", "",
               "Throughput: ours ÷ peer (above 1: ours faster). Times, latency and memory: peer ÷ ours (above 1: ours "
@@ -1018,7 +1018,6 @@ def main() -> None:
         Path(spec["out"]).write_text(json.dumps(result))
         return
 
-    run_started = time.perf_counter()
     options = parse_options(args)
     skip = {s for s in args.skip.split(",") if s}
     quick = args.quick
@@ -1190,7 +1189,7 @@ def explain_skips(result: dict, scales: list[int], caps: dict) -> None:
     lat = result["latency"]
     for count in scales:
         label = f"{count:,}"
-        for path, _ in lat.get(label, {}).get("skipped", {}).items():
+        for path in lat.get(label, {}).get("skipped", {}):
             ran = [s for s in scales if s <= caps[path] and f"{s:,}" in lat and path in lat[f"{s:,}"]["text_to_top10"]]
             if not ran:
                 result["skipped_notes"].append(f"`{path}` at {label}: over its cap of {caps[path]:,}; no smaller scale ran.")

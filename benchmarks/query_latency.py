@@ -62,7 +62,7 @@ def scifact_text_to_top10(rounds: int, baseline_queries: int) -> dict:
             for query in queries:
                 ours_samples += timed(lambda: ours.run(query=query), 1)
                 encode_samples += timed(lambda: text_embedder.run(text=query), 1)
-            del store, ours
+            store = ours = None  # freed before the next phase
         gc.collect()
         # Phase B: the same query encoder with Haystack's InMemoryDocumentStore.
         memory = InMemoryDocumentStore()
@@ -73,7 +73,7 @@ def scifact_text_to_top10(rounds: int, baseline_queries: int) -> dict:
             baseline_samples += timed(
                 lambda: baseline.run(query_embedding=text_embedder.run(text=query)["embedding"]), 1
             )
-        del memory, baseline
+        memory = baseline = None
         gc.collect()
     ours_summary, baseline_summary = summary(ours_samples), summary(baseline_samples)
     return {
@@ -103,7 +103,7 @@ def synthetic_exact_search(count: int, repeat: int, baseline_repeat: int) -> dic
         as_list = query.tolist()
         ours += timed(lambda: store.embedding_retrieval(query_embedding=as_list, top_k=10), 1)
         core += timed(lambda: store.store.vector_search(query, top_k=10), 1)
-    del store
+    store = None
     gc.collect()
     memory = InMemoryDocumentStore()
     memory.write_documents([Document(id=str(i), content=f"doc {i}", embedding=vectors[i].tolist()) for i in range(count)])

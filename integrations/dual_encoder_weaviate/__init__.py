@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> type:
     # The Weaviate client is imported only by those who use the store (the server tool and CLI do not need it).
     if name == "WeaviateStore":
         from dual_encoder_weaviate.store import WeaviateStore

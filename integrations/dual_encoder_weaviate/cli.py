@@ -78,7 +78,7 @@ def start(
         return
     server = WeaviateServer(data_dir=data, http_port=port, grpc_port=grpc_port, api_keys=api_keys).start(quiet=False)
     console.print(
-        f"Weaviate {WEAVIATE_VERSION} is ready at [bold]{server.url}[/bold] (gRPC port {server.ports.grpc}), "
+        f"Weaviate {WEAVIATE_VERSION} is ready at [bold]{server.url}[/bold] (gRPC port {server.started_ports().grpc}), "
         f"data in {server.data_dir}, pid {server.pid}. Stop it with: dual-encoder weaviate stop --data {data}"
     )
 
@@ -113,13 +113,13 @@ def status(data: DataOption = Path("weaviate-data")) -> None:
         console.print(f"No node is running for {data}. Binary: {binary_path()} ({built}).")
         raise typer.Exit(code=1)
     state = "ready" if server.is_ready() else "running but not ready"
-    console.print(f"Node for {data}: {state} at {server.url} (gRPC {server.ports.grpc}), pid {server.pid}.")
+    console.print(f"Node for {data}: {state} at {server.url} (gRPC {server.started_ports().grpc}), pid {server.pid}.")
 
 
 def _print_cluster(cluster: WeaviateCluster) -> None:
     health = cluster.health()
     for server in cluster.servers:
-        ports = server.ports
+        ports = server.started_ports()
         running = f"pid {server.pid}" if server.pid is not None else "not running"
         console.print(
             f"  {server.node_name}: {server.url} gRPC {ports.grpc}, gossip {ports.gossip}, data {ports.data}, raft "

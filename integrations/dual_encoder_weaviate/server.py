@@ -170,15 +170,16 @@ class WeaviateServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._ports().http}"
+        return f"http://127.0.0.1:{self.started_ports().http}"
 
-    def _ports(self) -> ServerPorts:
+    def started_ports(self) -> ServerPorts:
+        """The ports this node listens on; they are chosen when it starts."""
         if self.ports is None:
             raise WeaviateServerError("The server has not been started.")
         return self.ports
 
     def environment(self) -> dict[str, str]:
-        ports = self._ports()
+        ports = self.started_ports()
         environment = {
             "PERSISTENCE_DATA_PATH": str(self.data_dir / "data"),
             "DEFAULT_VECTORIZER_MODULE": "none",
@@ -272,7 +273,7 @@ class WeaviateServer:
             with urllib.request.urlopen(f"{self.url}/v1/.well-known/ready", timeout=2) as response:
                 if response.status != 200:
                     return False
-            with socket.create_connection(("127.0.0.1", self.ports.grpc), timeout=2):
+            with socket.create_connection(("127.0.0.1", self.started_ports().grpc), timeout=2):
                 return True
         except (urllib.error.URLError, OSError):
             return False
@@ -306,6 +307,8 @@ class WeaviateServer:
             return "(no log)"
 
     def _signal(self, number: int) -> None:
+        if self.pid is None:
+            return
         try:
             os.killpg(self.pid, number)  # the server runs in its own session
         except ProcessLookupError:
@@ -315,6 +318,8 @@ class WeaviateServer:
         process = getattr(self, "_process", None)
         if process is not None:
             return process.poll() is None
+        if self.pid is None:
+            return False
         try:
             os.kill(self.pid, 0)
         except ProcessLookupError:
@@ -330,7 +335,7 @@ class WeaviateServer:
                 pass
 
     def _write_state(self) -> None:
-        state = {"pid": self.pid, "ports": asdict(self._ports()), "api_keys_enabled": bool(self.api_keys),
+        state = {"pid": self.pid, "ports": asdict(self.started_ports()), "api_keys_enabled": bool(self.api_keys),
                  "node_name": self.node_name}
         (self.data_dir / _STATE_FILE).write_text(json.dumps(state, indent=2))
 
@@ -407,7 +412,7 @@ class WeaviateCluster:
 
     @property
     def grpc_ports(self) -> list[int]:
-        return [server._ports().grpc for server in self.servers]
+        return [server.started_ports().grpc for server in self.servers]
 
     def node(self, name: str) -> WeaviateServer:
         for server in self.servers:
@@ -537,7 +542,7 @@ class WeaviateCluster:
     # ----------------------------------------------------------------------------- state for the CLI
     def _write_state(self) -> None:
         state = {"nodes": self.nodes, "servers": [
-            {"name": s.node_name, "data_dir": s.data_dir.name, "pid": s.pid, "ports": asdict(s._ports())}
+            {"name": s.node_name, "data_dir": s.data_dir.name, "pid": s.pid, "ports": asdict(s.started_ports())}
             for s in self.servers
         ]}
         (self.data_dir / _CLUSTER_STATE_FILE).write_text(json.dumps(state, indent=2))

@@ -41,7 +41,7 @@ from dual_encoder.config import validate_top_k
 from dual_encoder.errors import ConfigurationError, DualEncoderError, InvalidDocumentError
 from dual_encoder.filters import compile_filter
 from dual_encoder.fingerprint import EMBEDDED_INPUT_META_KEY, StoredSpace
-from dual_encoder.stores import DuplicatePolicy, SearchHit, SearchResult, Store, StoredRecord
+from dual_encoder.stores import DuplicatePolicy, SearchHit, SearchResult, Store, StoredRecord, WriteSummary
 from dual_encoder_weaviate.collection import (
     BLOB_DATA_PROPERTY,
     CollectionSettings,
@@ -107,7 +107,9 @@ def _install_fail_fast_retry() -> None:
     class _FailFastRetry(_Retry):
         _dual_encoder_fail_fast = True
 
-        def with_exponential_backoff(self, count, error, f, *args, **kwargs):  # type: ignore[no-untyped-def]
+        def with_exponential_backoff(  # type: ignore[override]
+            self, count: int, error: str, f: Any, *args: Any, **kwargs: Any
+        ) -> Any:
             if not _FAIL_FAST.get():
                 return super().with_exponential_backoff(count, error, f, *args, **kwargs)
             from grpc import RpcError, StatusCode
@@ -440,7 +442,7 @@ class WeaviateStore(Store):
         """
         attempts = len(self.endpoints()) if isinstance(function, str) else 1
         for attempt in range(attempts):
-            target = function
+            target: Any = function
             used = self._client
             if isinstance(function, str):
                 target = self.collection
@@ -523,7 +525,7 @@ class WeaviateStore(Store):
         policy: DuplicatePolicy | str = DuplicatePolicy.OVERWRITE,
         *,
         stored: Mapping[str, StoredRecord] | None = None,
-    ):
+    ) -> WriteSummary:
         """:meth:`Store.upsert`; a lost server raises :class:`WeaviateUnavailableError` whose ``unconfirmed_ids``
         list every document of the call that may not be stored (all of them when it went before any write)."""
         try:
@@ -695,6 +697,7 @@ class WeaviateStore(Store):
             # Weaviate returns at most QUERY_MAXIMUM_RESULTS per filtered query and its cursor takes no filter:
             # page through everything and apply the same filter semantics here.
             matches = compile_filter(filters)
+            assert matches is not None  # a non-empty filter always compiles to a predicate
             return [r for r in self._all_records() if matches({"id": r.id, "content": r.content, "meta": r.meta})]
         return self._all_records()
 
@@ -736,7 +739,7 @@ class WeaviateStore(Store):
         records = [record for record in self._list(filters) if record.embedding is not None]
         if not records:
             return SearchResult(hits=[], method="exact")
-        matrix = np.stack([record.embedding for record in records])
+        matrix = np.stack([record.embedding for record in records if record.embedding is not None])
         scores = matrix @ vector
         if self.similarity == "cosine":
             norms = np.linalg.norm(matrix, axis=1) * float(np.linalg.norm(vector))

@@ -120,7 +120,9 @@ def fuse(
     for key, score in ranking[:top_k] if top_k is not None else ranking:
         vector_rank, vector_hit = by_vector.get(key, (None, None))
         keyword_rank, keyword_hit = by_keyword.get(key, (None, None))
-        record = (vector_hit or keyword_hit).record
+        source_hit = vector_hit or keyword_hit
+        assert source_hit is not None  # every fused id came from one of the two lists
+        record = source_hit.record
         fused.append(
             FusedHit(
                 record=record,

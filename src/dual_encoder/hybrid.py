@@ -271,9 +271,10 @@ class KeywordIndexedStore(Store):
         allowed = None
         if filters:
             matches = compile_filter(filters)
+            assert matches is not None  # a non-empty filter always compiles to a predicate
             allowed = np.fromiter(
                 (r is not None and matches({"id": r.id, "content": r.content, "meta": r.meta}) for r in records),
-                dtype=bool,
+                dtype=np.bool_,
                 count=len(records),
             )
         slots, scores = self._index.search(text, top_k, allowed)

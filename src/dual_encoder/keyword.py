@@ -54,7 +54,7 @@ import math
 import os
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,7 +169,7 @@ class _Tokenizer:
         self._lock = threading.Lock()
 
     @property
-    def split(self):
+    def split(self) -> Callable[[str], list[str]]:
         return self._split
 
     def stem_of(self, word: str) -> str | None:
@@ -210,7 +210,7 @@ def _stopword_list(stopwords: str | Sequence[str] | None) -> Sequence[str]:
     return list(stopwords)
 
 
-def _stemmer(language: str | None):
+def _stemmer(language: str | None) -> Callable[[str], str] | None:
     if language is None:
         return None
     import Stemmer
@@ -556,7 +556,7 @@ class KeywordIndex:
                     np.save(handle, array, allow_pickle=False)
                     handle.flush()
                     os.fsync(handle.fileno())
-            terms = [None] * len(self._vocabulary)
+            terms: list[str | None] = [None] * len(self._vocabulary)
             for word, term in self._vocabulary.items():
                 terms[term] = word
             info = {

@@ -61,7 +61,7 @@ def mmr(
             raise ConfigurationError("MMR needs the query embedding or a relevance per candidate.")
         q = np.asarray(query, dtype=np.float32).reshape(-1)
         q = q / (np.linalg.norm(q) or 1.0)
-        rel = unit @ q
+        rel = (unit @ q).astype(np.float32)
     else:
         rel = np.asarray(relevance, dtype=np.float32).reshape(-1)
         if rel.shape[0] != n:

@@ -16,7 +16,7 @@ documents::
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dual_encoder.errors import ConfigurationError
 
@@ -47,8 +47,8 @@ def combine_towers(*, query_tower: SentenceTransformer, document_tower: Sentence
             f"{document_dimension}); their vectors could not be compared. Add a Dense projection to one tower "
             f"so both output the same dimension."
         )
-    query_modules = list(copy.deepcopy(query_tower))
-    document_modules = list(copy.deepcopy(document_tower))
+    query_modules: list[Any] = list(copy.deepcopy(query_tower))
+    document_modules: list[Any] = list(copy.deepcopy(document_tower))
     query_normalizes = isinstance(query_modules[-1], Normalize)
     document_normalizes = isinstance(document_modules[-1], Normalize)
     if query_normalizes != document_normalizes:
@@ -87,6 +87,7 @@ def keep_first_layers(model: SentenceTransformer, num_layers: int) -> SentenceTr
         )
     if num_layers > len(layers):
         raise ConfigurationError(f"The model has {len(layers)} layers; cannot keep {num_layers}.")
+    assert encoder is not None and backbone is not None  # both exist: ``layers`` was found through them
     encoder.layer = torch.nn.ModuleList(list(layers)[:num_layers])
     backbone.config.num_hidden_layers = num_layers
     return copied
