@@ -63,9 +63,9 @@ def summary(samples: list[float]) -> dict:
 def scifact_documents_embedded():
     """SciFact test data and its corpus embedded by our document embedder; cached under benchmarks/.work."""
     from haystack import Document
+    from haystack_integrations.components.embedders.dual_encoder import DualEncoderDocumentEmbedder
 
     from dual_encoder.evaluation import load_beir
-    from haystack_integrations.components.embedders.dual_encoder import DualEncoderDocumentEmbedder
 
     data = load_beir(SCIFACT, split="test")
     documents = [Document(id=d.id, content=d.text, meta={"title": d.title}) for d in data.corpus.values()]
@@ -76,12 +76,20 @@ def scifact_documents_embedded():
         stored = json.loads(cache.read_text())
         from dataclasses import replace
 
-        return data, [replace(doc, embedding=stored["embeddings"][doc.id], meta={**doc.meta, **stored["meta"][doc.id]})
-                      for doc in documents]
+        return data, [
+            replace(doc, embedding=stored["embeddings"][doc.id], meta={**doc.meta, **stored["meta"][doc.id]})
+            for doc in documents
+        ]
     embedded = embedder.run(documents=documents)["documents"]
     WORK.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps({"embeddings": {d.id: d.embedding for d in embedded},
-                                 "meta": {d.id: {k: v for k, v in d.meta.items() if k != "title"} for d in embedded}}))
+    cache.write_text(
+        json.dumps(
+            {
+                "embeddings": {d.id: d.embedding for d in embedded},
+                "meta": {d.id: {k: v for k, v in d.meta.items() if k != "title"} for d in embedded},
+            }
+        )
+    )
     return data, embedded
 
 

@@ -40,8 +40,21 @@ def cpu_topology() -> dict[str, Any]:
                 cpuinfo[key] = value.strip()
             if key == "flags" and "flags" not in cpuinfo:
                 flags = set(value.split())
-                cpuinfo["flags"] = " ".join(sorted(flags & {"avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16",
-                                                             "amx_int8", "amx_tile", "avx_vnni", "hypervisor"}))
+                cpuinfo["flags"] = " ".join(
+                    sorted(
+                        flags
+                        & {
+                            "avx512f",
+                            "avx512_bf16",
+                            "avx512_vnni",
+                            "amx_bf16",
+                            "amx_int8",
+                            "amx_tile",
+                            "avx_vnni",
+                            "hypervisor",
+                        }
+                    )
+                )
     except OSError:
         pass
     caches = {}

@@ -28,10 +28,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import numpy as np  # noqa: E402
-
-from _common import SCIFACT, machine, write_result  # noqa: E402
-from _cpu import StealMeter  # noqa: E402
+import numpy as np
+from _common import SCIFACT, machine, write_result
+from _cpu import StealMeter
 
 TOP = 100
 
@@ -83,19 +82,22 @@ def main() -> None:
             metrics = evaluate_run(data.qrels, run)
             ndcg[document_backend][query_backend] = round(metrics["ndcg@10"], 4)
             recall[document_backend][query_backend] = round(metrics["recall@100"], 4)
-            print(f"documents {document_backend:>14}, queries {query_backend:>14}: nDCG@10 "
-                  f"{metrics['ndcg@10']:.4f}", flush=True)
+            print(
+                f"documents {document_backend:>14}, queries {query_backend:>14}: nDCG@10 {metrics['ndcg@10']:.4f}",
+                flush=True,
+            )
     reference = documents.get("torch")
     cosines = {}
     if reference is not None:
         for backend, matrix in documents.items():
             values = np.sum(reference * matrix, axis=1) / (
-                np.linalg.norm(reference, axis=1) * np.linalg.norm(matrix, axis=1))
+                np.linalg.norm(reference, axis=1) * np.linalg.norm(matrix, axis=1)
+            )
             cosines[backend] = {"min": round(float(values.min()), 6), "mean": round(float(values.mean()), 6)}
     result = {
         "what": "SciFact test (300 queries, 5,183 documents as title + ' ' + text) encoded by all-MiniLM-L6-v2 "
-                "with each backend; nDCG@10 and Recall@100 of exact search for documents from one backend "
-                "(rows) queried with another (columns)",
+        "with each backend; nDCG@10 and Recall@100 of exact search for documents from one backend "
+        "(rows) queried with another (columns)",
         "backends_run_as": runs_as,
         "encode_seconds_full_corpus": seconds,
         "ndcg@10_documents_by_queries": ndcg,

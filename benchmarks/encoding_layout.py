@@ -31,11 +31,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import SCIFACT, machine, write_result  # noqa: E402
-from _cpu import StealMeter, cpu_topology, memory_bandwidth_gb_s  # noqa: E402
+from _common import SCIFACT, machine, write_result
+from _cpu import StealMeter, cpu_topology, memory_bandwidth_gb_s
 
-READ_BACK = ("NUM_STREAMS", "INFERENCE_NUM_THREADS", "OPTIMAL_NUMBER_OF_INFER_REQUESTS", "ENABLE_HYPER_THREADING",
-             "ENABLE_CPU_PINNING")
+READ_BACK = (
+    "NUM_STREAMS",
+    "INFERENCE_NUM_THREADS",
+    "OPTIMAL_NUMBER_OF_INFER_REQUESTS",
+    "ENABLE_HYPER_THREADING",
+    "ENABLE_CPU_PINNING",
+)
 
 
 class FixedLayout:
@@ -71,8 +76,12 @@ def candidate_layouts() -> dict[str, Any]:
         ),
         "one-stream-all-logical": FixedLayout(
             {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": logical, "ENABLE_HYPER_THREADING": True},
-            {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": 1, "INFERENCE_NUM_THREADS": logical,
-             "ENABLE_HYPER_THREADING": True},
+            {
+                "PERFORMANCE_HINT": "THROUGHPUT",
+                "NUM_STREAMS": 1,
+                "INFERENCE_NUM_THREADS": logical,
+                "ENABLE_HYPER_THREADING": True,
+            },
         ),
     }
 
@@ -129,6 +138,7 @@ def main() -> None:
         def run(batch: list[str]) -> np.ndarray:
             module.forward = forwards[name]
             return fast.encode_documents(batch)
+
         return run
 
     paths = {"stock-fp32": lambda batch: stock.encode_document(batch, batch_size=32, convert_to_numpy=True)}
@@ -138,7 +148,7 @@ def main() -> None:
     seconds: dict[str, list[float]] = {name: [] for name in paths}
     names = list(paths)
     for run in range(args.runs):
-        order = names[run % len(names):] + names[:run % len(names)]
+        order = names[run % len(names) :] + names[: run % len(names)]
         for name in order:
             started = time.perf_counter()
             paths[name](texts)
@@ -148,8 +158,8 @@ def main() -> None:
     rates = {name: len(texts) / statistics.median(samples) for name, samples in seconds.items()}
     result = {
         "what": f"all-MiniLM-L6-v2 with backend={args.backend!r}: the same converted transformer compiled under "
-                "several CPU layouts, encode_documents through each, alternating with the stock float32 path "
-                "(sentence-transformers encode_document, batch 32) in one process; medians",
+        "several CPU layouts, encode_documents through each, alternating with the stock float32 path "
+        "(sentence-transformers encode_document, batch 32) in one process; medians",
         "backend": args.backend,
         "documents": len(texts),
         "runs": args.runs,

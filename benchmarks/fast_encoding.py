@@ -29,10 +29,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import numpy as np  # noqa: E402
-
-from _common import SCIFACT, machine, summary, timed, write_result  # noqa: E402
-from _cpu import StealMeter, cpu_topology, memory_bandwidth_gb_s  # noqa: E402
+import numpy as np
+from _common import SCIFACT, machine, summary, timed, write_result
+from _cpu import StealMeter, cpu_topology, memory_bandwidth_gb_s
 
 FAST = "auto"
 
@@ -73,8 +72,10 @@ def main() -> None:
     print(f"backend {args.backend!r} runs as {resolved!r}", flush=True)
     lengths = encoders["fp32"].model[0].tokenizer(texts, truncation=True, max_length=256)["input_ids"]
     mean_tokens = float(np.mean([len(ids) for ids in lengths]))
-    print(f"{len(texts)} documents, {mean_tokens:.1f} tokens on average, torch threads {torch.get_num_threads()}",
-          flush=True)
+    print(
+        f"{len(texts)} documents, {mean_tokens:.1f} tokens on average, torch threads {torch.get_num_threads()}",
+        flush=True,
+    )
 
     # "fp32" is the stock path: sentence-transformers' own encode_document on the float32 weights, batch 32,
     # which is what Haystack's SentenceTransformersDocumentEmbedder runs. "torch" is our encoder's batch loop
@@ -92,7 +93,7 @@ def main() -> None:
     vectors: dict[str, np.ndarray] = {}
     names = list(encode_paths)
     for run in range(args.runs):
-        order = names[run % len(names):] + names[:run % len(names)]
+        order = names[run % len(names) :] + names[: run % len(names)]
         for name in order:
             started = time.perf_counter()
             vectors[name] = np.asarray(encode_paths[name](texts), dtype=np.float32)
@@ -132,8 +133,8 @@ def main() -> None:
 
     result = {
         "what": "SciFact corpus (title + ' ' + text, 256 max tokens) encoded by all-MiniLM-L6-v2: stock float32 "
-                "(sentence-transformers encode_document, batch 32) vs our encoder on torch float32 and with "
-                f"backend={args.backend!r} (running as {resolved!r}), alternating runs in one process, medians",
+        "(sentence-transformers encode_document, batch 32) vs our encoder on torch float32 and with "
+        f"backend={args.backend!r} (running as {resolved!r}), alternating runs in one process, medians",
         "backend": args.backend,
         "runs_as": resolved,
         "documents": len(texts),
@@ -150,8 +151,11 @@ def main() -> None:
         "speedup_of_our_torch_loop": round(rates["torch"] / rates["fp32"], 3),
         "cosine_to_fp32": {"min": round(float(cosines.min()), 6), "mean": round(float(cosines.mean()), 6)},
         "query_latency": {name: summary(samples) for name, samples in latency.items()},
-        **({"ndcg@10_from_timed_embeddings": {name: round(value, 4) for name, value in quality.items()}}
-           if quality else {}),
+        **(
+            {"ndcg@10_from_timed_embeddings": {name: round(value, 4) for name, value in quality.items()}}
+            if quality
+            else {}
+        ),
         "ndcg@10_end_to_end": {name: round(value, 4) for name, value in ndcg_end_to_end.items()},
         # Others share these machines: the 1-minute load average (2 cores) says how contended the run was.
         "load_average_1min": {"start": round(load_at_start, 2), "end": round(os.getloadavg()[0], 2)},
@@ -165,10 +169,12 @@ def main() -> None:
     # results/fast_encoding.json is the first openvino-bf16 run (when bf16 was the fast path); every run now names
     # its backend.
     path = write_result(f"fast_encoding_{args.backend.replace('-', '_')}", result)
-    print(f"\nfp32 {rates['fp32']:.1f} docs/s, {args.backend} {rates[args.backend]:.1f} docs/s: "
-          f"{result['speedup']}x; cosine min {cosines.min():.6f}; nDCG@10 {quality or ''} "
-          f"(end to end {result['ndcg@10_end_to_end']}); query p50 "
-          f"{result['query_latency']['fp32']['p50_ms']} vs {result['query_latency'][args.backend]['p50_ms']} ms")
+    print(
+        f"\nfp32 {rates['fp32']:.1f} docs/s, {args.backend} {rates[args.backend]:.1f} docs/s: "
+        f"{result['speedup']}x; cosine min {cosines.min():.6f}; nDCG@10 {quality or ''} "
+        f"(end to end {result['ndcg@10_end_to_end']}); query p50 "
+        f"{result['query_latency']['fp32']['p50_ms']} vs {result['query_latency'][args.backend]['p50_ms']} ms"
+    )
     print(f"wrote {path}")
 
 
@@ -178,10 +184,18 @@ def _compiled_layout(encoder) -> dict:
     compiled = getattr(forward, "compiled", None)
     if compiled is None:
         return {}
-    keys = ("NUM_STREAMS", "INFERENCE_NUM_THREADS", "OPTIMAL_NUMBER_OF_INFER_REQUESTS", "ENABLE_HYPER_THREADING",
-            "ENABLE_CPU_PINNING", "INFERENCE_PRECISION_HINT")
-    return {hint: {key: str(getattr(compiled, hint).get_property(key)) for key in keys}
-            for hint in ("latency", "throughput")}
+    keys = (
+        "NUM_STREAMS",
+        "INFERENCE_NUM_THREADS",
+        "OPTIMAL_NUMBER_OF_INFER_REQUESTS",
+        "ENABLE_HYPER_THREADING",
+        "ENABLE_CPU_PINNING",
+        "INFERENCE_PRECISION_HINT",
+    )
+    return {
+        hint: {key: str(getattr(compiled, hint).get_property(key)) for key in keys}
+        for hint in ("latency", "throughput")
+    }
 
 
 def _openvino_facts() -> dict:

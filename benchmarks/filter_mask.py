@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine  # noqa: E402
+from _common import machine
 
 from dual_encoder.embedded.columns import MetaColumns
 from dual_encoder.filters import compile_filter
@@ -43,18 +43,27 @@ FILTERS = {
     "int_range": {"field": "meta.year", "operator": ">=", "value": 2020},
     "string_equal": {"field": "meta.lang", "operator": "==", "value": "en"},
     "in_10_of_40": {"field": "meta.source", "operator": "in", "value": SOURCES[:10]},
-    "and_of_two": {"operator": "AND", "conditions": [
-        {"field": "meta.year", "operator": ">=", "value": 2010},
-        {"field": "meta.lang", "operator": "in", "value": ["en", "de"]},
-    ]},
-    "date_range_days": {"operator": "AND", "conditions": [
-        {"field": "meta.date", "operator": ">=", "value": "2012-01-01"},
-        {"field": "meta.date", "operator": "<", "value": "2014-07-02"},
-    ]},
-    "date_range_timestamps": {"operator": "AND", "conditions": [
-        {"field": "meta.timestamp", "operator": ">=", "value": "2016-01-01T00:00:00"},
-        {"field": "meta.timestamp", "operator": "<", "value": "2016-12-31T12:00:00"},
-    ]},
+    "and_of_two": {
+        "operator": "AND",
+        "conditions": [
+            {"field": "meta.year", "operator": ">=", "value": 2010},
+            {"field": "meta.lang", "operator": "in", "value": ["en", "de"]},
+        ],
+    },
+    "date_range_days": {
+        "operator": "AND",
+        "conditions": [
+            {"field": "meta.date", "operator": ">=", "value": "2012-01-01"},
+            {"field": "meta.date", "operator": "<", "value": "2014-07-02"},
+        ],
+    },
+    "date_range_timestamps": {
+        "operator": "AND",
+        "conditions": [
+            {"field": "meta.timestamp", "operator": ">=", "value": "2016-01-01T00:00:00"},
+            {"field": "meta.timestamp", "operator": "<", "value": "2016-12-31T12:00:00"},
+        ],
+    },
 }
 
 
@@ -73,10 +82,17 @@ def synthetic_records(count: int, seed: int) -> list[tuple[str, str, dict]]:
     seconds = rng.integers(0, 4 * 365 * 86400, count).tolist()
     day_strings = [(DAY0 + timedelta(days=day)).isoformat() for day in range(3650)]
     return [
-        (f"doc-{i}", f"content {i}", {
-            "year": years[i], "lang": LANGS[langs[i]], "source": SOURCES[sources[i]], "date": day_strings[days[i]],
-            "timestamp": (SECOND0 + timedelta(seconds=seconds[i])).isoformat(),
-        })
+        (
+            f"doc-{i}",
+            f"content {i}",
+            {
+                "year": years[i],
+                "lang": LANGS[langs[i]],
+                "source": SOURCES[sources[i]],
+                "date": day_strings[days[i]],
+                "timestamp": (SECOND0 + timedelta(seconds=seconds[i])).isoformat(),
+            },
+        )
         for i in range(count)
     ]
 
@@ -95,12 +111,28 @@ def column_bytes(columns: MetaColumns) -> dict[str, int]:
     string dictionary (list, dict and the distinct strings themselves, which the columns keep alive)."""
     sizes = {}
     for path, column in columns._dense.items():
-        arrays = sum(array.nbytes for array in (column.kind, column.number, column.code, column.order_kind,
-                                                column.order_wall, column.order_instant) if array is not None)
-        dates = sum(array.nbytes for table in (column.equal_dates, column.order_dates)
-                    for array in (table.kind, table.wall, table.instant))
-        dictionary = (sys.getsizeof(column.vocabulary) + sys.getsizeof(column.codes_of)
-                      + sum(map(sys.getsizeof, column.vocabulary)))
+        arrays = sum(
+            array.nbytes
+            for array in (
+                column.kind,
+                column.number,
+                column.code,
+                column.order_kind,
+                column.order_wall,
+                column.order_instant,
+            )
+            if array is not None
+        )
+        dates = sum(
+            array.nbytes
+            for table in (column.equal_dates, column.order_dates)
+            for array in (table.kind, table.wall, table.instant)
+        )
+        dictionary = (
+            sys.getsizeof(column.vocabulary)
+            + sys.getsizeof(column.codes_of)
+            + sum(map(sys.getsizeof, column.vocabulary))
+        )
         sizes[".".join(path)] = arrays + dates + dictionary
     return sizes
 
@@ -124,14 +156,21 @@ def run_size(count: int, repeat: int, reference_repeat: int) -> dict:
         ours, ours_samples = median_ms(lambda: columns.mask(filters, count), repeat)
         reference, reference_samples = median_ms(lambda: [predicate(record) for record in dicts], reference_repeat)
         result["filters"][name] = {
-            "filter": filters, "match_fraction": round(float(first.mean()), 4),
-            "mask_p50_ms": ours, "mask_min_ms": min(ours_samples), "reference_p50_ms": reference,
+            "filter": filters,
+            "match_fraction": round(float(first.mean()), 4),
+            "mask_p50_ms": ours,
+            "mask_min_ms": min(ours_samples),
+            "reference_p50_ms": reference,
             "speedup": round(reference / ours, 1),
             "first_use_ms": round(first_ms, 1),
-            "mask_samples_ms": ours_samples, "reference_samples_ms": reference_samples,
+            "mask_samples_ms": ours_samples,
+            "reference_samples_ms": reference_samples,
         }
-        print(f"{count:>9,} {name:<22} mask {ours:8.3f} ms (min {min(ours_samples):.3f})   "
-              f"reference {reference:9.1f} ms   first use {first_ms:8.1f} ms   match {first.mean():.3f}", flush=True)
+        print(
+            f"{count:>9,} {name:<22} mask {ours:8.3f} ms (min {min(ours_samples):.3f})   "
+            f"reference {reference:9.1f} ms   first use {first_ms:8.1f} ms   match {first.mean():.3f}",
+            flush=True,
+        )
 
     # The owner answers fields on demand (MetaColumns(values=...)): no per-row objects are kept, and a field's
     # column is built on its first filter. The source here answers from memory, so only our build is timed.
@@ -153,26 +192,30 @@ def run_size(count: int, repeat: int, reference_repeat: int) -> dict:
     fresh = synthetic_records(10 * repeat * 2, seed=7)
     appended, overwritten = [], []
     for step in range(repeat):
-        batch = fresh[10 * step: 10 * step + 10]
+        batch = fresh[10 * step : 10 * step + 10]
         started = time.perf_counter()
         columns.set_rows(range(count + 10 * step, count + 10 * step + 10), batch)
         appended.append((time.perf_counter() - started) * 1000)
         positions = rng.integers(0, count, 10).tolist()
-        batch = fresh[10 * (repeat + step): 10 * (repeat + step) + 10]
+        batch = fresh[10 * (repeat + step) : 10 * (repeat + step) + 10]
         started = time.perf_counter()
         columns.set_rows(positions, batch)
         overwritten.append((time.perf_counter() - started) * 1000)
     result["set_rows_10_append_p50_ms"] = round(statistics.median(appended), 4)
     result["set_rows_10_overwrite_p50_ms"] = round(statistics.median(overwritten), 4)
-    result["clear_rows_10_ms"] = round(median_ms(lambda: columns.clear_rows(rng.integers(0, count, 10).tolist()),
-                                                 repeat)[0], 4)
+    result["clear_rows_10_ms"] = round(
+        median_ms(lambda: columns.clear_rows(rng.integers(0, count, 10).tolist()), repeat)[0], 4
+    )
     sizes = column_bytes(columns)
     result["column_bytes"] = sizes
     result["column_megabytes_total"] = round(sum(sizes.values()) / 1e6, 1)
     # id and content are kept by reference (list slots only; the strings belong to the caller's records).
     result["id_content_reference_megabytes"] = round(2 * 8 * len(columns) / 1e6, 1)
-    print(f"{count:>9,} set_rows 10 rows: append {result['set_rows_10_append_p50_ms']} ms, overwrite "
-          f"{result['set_rows_10_overwrite_p50_ms']} ms; columns {result['column_megabytes_total']} MB", flush=True)
+    print(
+        f"{count:>9,} set_rows 10 rows: append {result['set_rows_10_append_p50_ms']} ms, overwrite "
+        f"{result['set_rows_10_overwrite_p50_ms']} ms; columns {result['column_megabytes_total']} MB",
+        flush=True,
+    )
     return result
 
 

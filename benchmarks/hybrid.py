@@ -38,11 +38,11 @@ os.environ.setdefault("HAYSTACK_TELEMETRY_ENABLED", "False")
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SCIFACT, WORK, summary, write_result  # noqa: E402
+from _common import SCIFACT, WORK, summary, write_result
 
-from dual_encoder.evaluation import evaluate_run, load_beir  # noqa: E402
-from dual_encoder.fusion import fuse_scores  # noqa: E402
-from dual_encoder.keyword import KeywordConfig, KeywordIndex  # noqa: E402
+from dual_encoder.evaluation import evaluate_run, load_beir
+from dual_encoder.fusion import fuse_scores
+from dual_encoder.keyword import KeywordConfig, KeywordIndex
 
 CACHE = WORK / "hybrid"
 MODEL = "all-MiniLM-L6-v2"
@@ -99,8 +99,7 @@ def ndcg(qrels, runs) -> float:
 
 def fused_runs(dense, bm25, method, weight, candidates):
     return {
-        q: fuse_scores(dense[q][:candidates], bm25.get(q, [])[:candidates], method=method, weight=weight)
-        for q in dense
+        q: fuse_scores(dense[q][:candidates], bm25.get(q, [])[:candidates], method=method, weight=weight) for q in dense
     }
 
 
@@ -149,8 +148,16 @@ def stage_quality() -> dict:
         fusion_grid_ndcg10=fusion_grid,
         best_on_dev=best,
     )
-    print("dev dense", result["dev"]["dense_ndcg10"], "bm25", result["dev"]["bm25_ndcg10"], "best", best,
-          fusion_grid[best], flush=True)
+    print(
+        "dev dense",
+        result["dev"]["dense_ndcg10"],
+        "bm25",
+        result["dev"]["bm25_ndcg10"],
+        "best",
+        best,
+        fusion_grid[best],
+        flush=True,
+    )
 
     # Test, once, with the library defaults (dual_encoder.hybrid) and for reference the other fusion at its default.
     from dual_encoder.hybrid import DEFAULT_CANDIDATES, DEFAULT_FUSION, DEFAULT_WEIGHT

@@ -55,7 +55,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _common import RESULTS, SCIFACT, machine, summary, unit_vectors
 
 HERE = Path(__file__).resolve().parent
@@ -125,15 +124,20 @@ class Corpus:
     def langchain_documents(self):
         from langchain_core.documents import Document
 
-        return [Document(id=i, page_content=j, metadata={"title": t}) for i, t, j in zip(self.ids, self.titles, self.joined)]
+        return [
+            Document(id=i, page_content=j, metadata={"title": t}) for i, t, j in zip(self.ids, self.titles, self.joined)
+        ]
 
 
 def load_scifact(stride: int = 1):
     from dual_encoder.evaluation import load_beir
 
     data = load_beir(SCIFACT, split="test")
-    corpus = Corpus([d.id for d in data.corpus.values()], [d.title for d in data.corpus.values()],
-                    [d.text for d in data.corpus.values()])
+    corpus = Corpus(
+        [d.id for d in data.corpus.values()],
+        [d.title for d in data.corpus.values()],
+        [d.text for d in data.corpus.values()],
+    )
     return data, corpus.subset(stride) if stride > 1 else corpus
 
 
@@ -170,13 +174,17 @@ class OursEmbedded:
             from haystack import Pipeline
             from haystack.components.writers import DocumentWriter
             from haystack.document_stores.types import DuplicatePolicy
-
             from haystack_integrations.components.embedders.dual_encoder import DualEncoderDocumentEmbedder
 
             # The embedder reads the store it writes to, so a re-index reuses the stored embeddings of unchanged
             # documents (as the example pipelines do).
-            embedder = DualEncoderDocumentEmbedder(encoder=self.config, meta_fields_to_embed=["title"],
-                                                   embedding_separator=" ", progress_bar=False, document_store=self.store)
+            embedder = DualEncoderDocumentEmbedder(
+                encoder=self.config,
+                meta_fields_to_embed=["title"],
+                embedding_separator=" ",
+                progress_bar=False,
+                document_store=self.store,
+            )
             encode_documents = embedder.encoder.encode_documents
 
             def counted(texts, **kwargs):
@@ -189,7 +197,9 @@ class OursEmbedded:
             self._pipeline.add_component("writer", DocumentWriter(self.store, policy=DuplicatePolicy.OVERWRITE))
             self._pipeline.connect("embedder.documents", "writer.documents")
         self.last_encoded = 0
-        return self._pipeline.run({"embedder": {"documents": corpus.haystack_documents()}})["writer"]["documents_written"]
+        return self._pipeline.run({"embedder": {"documents": corpus.haystack_documents()}})["writer"][
+            "documents_written"
+        ]
 
     def fill(self, ids, contents, matrix, space: str, chunk: int = 10_000) -> None:
         from haystack import Document
@@ -197,15 +207,27 @@ class OursEmbedded:
         from dual_encoder.fingerprint import DOCUMENT_SPACE_META_KEY
 
         for start in range(0, len(ids), chunk):
-            self.store.write_documents([
-                Document(id=ids[k], content=contents[k], meta={DOCUMENT_SPACE_META_KEY: space}, embedding=matrix[k].tolist())
-                for k in range(start, min(start + chunk, len(ids)))])
+            self.store.write_documents(
+                [
+                    Document(
+                        id=ids[k],
+                        content=contents[k],
+                        meta={DOCUMENT_SPACE_META_KEY: space},
+                        embedding=matrix[k].tolist(),
+                    )
+                    for k in range(start, min(start + chunk, len(ids)))
+                ]
+            )
 
     def warm_up(self) -> None:
-        from haystack_integrations.components.retrievers.dual_encoder import DualEncoderRetriever, StoreEmbeddingRetriever
+        from haystack_integrations.components.retrievers.dual_encoder import (
+            DualEncoderRetriever,
+            StoreEmbeddingRetriever,
+        )
 
-        self._retriever = DualEncoderRetriever(retriever=StoreEmbeddingRetriever(document_store=self.store),
-                                               encoder=self.config, top_k=10)
+        self._retriever = DualEncoderRetriever(
+            retriever=StoreEmbeddingRetriever(document_store=self.store), encoder=self.config, top_k=10
+        )
         self._retriever.warm_up()
 
     def search(self, query: str, top_k: int = 10):
@@ -230,15 +252,24 @@ class OursWeaviate(OursEmbedded):
         self._retriever = None
 
     def fill(self, ids, contents, matrix, space: str, chunk: int = 5_000) -> None:
-        from haystack.document_stores.types import DuplicatePolicy
         from haystack import Document
+        from haystack.document_stores.types import DuplicatePolicy
 
         from dual_encoder.fingerprint import DOCUMENT_SPACE_META_KEY
 
         for start in range(0, len(ids), chunk):
-            self.store.write_documents([
-                Document(id=ids[k], content=contents[k], meta={DOCUMENT_SPACE_META_KEY: space}, embedding=matrix[k].tolist())
-                for k in range(start, min(start + chunk, len(ids)))], policy=DuplicatePolicy.OVERWRITE)
+            self.store.write_documents(
+                [
+                    Document(
+                        id=ids[k],
+                        content=contents[k],
+                        meta={DOCUMENT_SPACE_META_KEY: space},
+                        embedding=matrix[k].tolist(),
+                    )
+                    for k in range(start, min(start + chunk, len(ids)))
+                ],
+                policy=DuplicatePolicy.OVERWRITE,
+            )
 
     def close(self) -> None:
         self.store.close()
@@ -267,7 +298,8 @@ class OursCore:
             self.index_.close()
         self.index_ = EmbeddedStore(self.directory, similarity=self.encoder.similarity)
         self.last_summary = index_documents(
-            self.encoder, self.index_, [DocumentInput(id=i, content=j) for i, j in zip(corpus.ids, corpus.joined)])
+            self.encoder, self.index_, [DocumentInput(id=i, content=j) for i, j in zip(corpus.ids, corpus.joined)]
+        )
         return self.last_summary.written
 
     def search(self, query: str, top_k: int = 10):
@@ -296,7 +328,9 @@ class StockInMemory:
 
     def _text_embedder(self):
         if self._text is None:
-            from haystack_integrations.components.embedders.sentence_transformers import SentenceTransformersTextEmbedder
+            from haystack_integrations.components.embedders.sentence_transformers import (
+                SentenceTransformersTextEmbedder,
+            )
 
             self._text = SentenceTransformersTextEmbedder(model=model_path(), local_files_only=True, progress_bar=False)
             self._text.warm_up()
@@ -312,19 +346,32 @@ class StockInMemory:
             )
 
             self._pipeline = Pipeline()
-            self._pipeline.add_component("embedder", SentenceTransformersDocumentEmbedder(
-                model=model_path(), local_files_only=True, meta_fields_to_embed=["title"], embedding_separator=" ",
-                progress_bar=False))
+            self._pipeline.add_component(
+                "embedder",
+                SentenceTransformersDocumentEmbedder(
+                    model=model_path(),
+                    local_files_only=True,
+                    meta_fields_to_embed=["title"],
+                    embedding_separator=" ",
+                    progress_bar=False,
+                ),
+            )
             self._pipeline.add_component("writer", DocumentWriter(self.store, policy=DuplicatePolicy.OVERWRITE))
             self._pipeline.connect("embedder.documents", "writer.documents")
-        return self._pipeline.run({"embedder": {"documents": corpus.haystack_documents()}})["writer"]["documents_written"]
+        return self._pipeline.run({"embedder": {"documents": corpus.haystack_documents()}})["writer"][
+            "documents_written"
+        ]
 
     def fill(self, ids, contents, matrix, space: str = "", chunk: int = 10_000) -> None:
         from haystack import Document
 
         for start in range(0, len(ids), chunk):
-            self.store.write_documents([Document(id=ids[k], content=contents[k], embedding=matrix[k].tolist())
-                                        for k in range(start, min(start + chunk, len(ids)))])
+            self.store.write_documents(
+                [
+                    Document(id=ids[k], content=contents[k], embedding=matrix[k].tolist())
+                    for k in range(start, min(start + chunk, len(ids)))
+                ]
+            )
 
     def warm_up(self) -> None:
         self._text_embedder()
@@ -355,9 +402,13 @@ class StockWeaviate(StockInMemory):
         from haystack.document_stores.types import DuplicatePolicy
 
         for start in range(0, len(ids), chunk):
-            self.store.write_documents([Document(id=ids[k], content=contents[k], embedding=matrix[k].tolist())
-                                        for k in range(start, min(start + chunk, len(ids)))],
-                                       policy=DuplicatePolicy.OVERWRITE)
+            self.store.write_documents(
+                [
+                    Document(id=ids[k], content=contents[k], embedding=matrix[k].tolist())
+                    for k in range(start, min(start + chunk, len(ids)))
+                ],
+                policy=DuplicatePolicy.OVERWRITE,
+            )
 
     def close(self) -> None:
         self.store.close()
@@ -505,9 +556,18 @@ def prebuilt_write(path, corpus: Corpus, vectors: np.ndarray) -> None:
         space = path.encoder.fingerprint.document_space
         index = EmbeddedStore(path.directory, similarity=path.encoder.similarity)
         index.set_metadata(ENCODER_METADATA_KEY, path.encoder.config.to_dict())
-        index.upsert([StoredRecord(id=i, content=j, meta={DOCUMENT_SPACE_META_KEY: space, EMBEDDED_INPUT_META_KEY: input_digest(j)},
-                                   embedding=v) for i, j, v in zip(corpus.ids, corpus.joined, vectors)],
-                     policy=DuplicatePolicy.OVERWRITE)
+        index.upsert(
+            [
+                StoredRecord(
+                    id=i,
+                    content=j,
+                    meta={DOCUMENT_SPACE_META_KEY: space, EMBEDDED_INPUT_META_KEY: input_digest(j)},
+                    embedding=v,
+                )
+                for i, j, v in zip(corpus.ids, corpus.joined, vectors)
+            ],
+            policy=DuplicatePolicy.OVERWRITE,
+        )
         path.index_ = index
         return
     from haystack import Document
@@ -515,12 +575,16 @@ def prebuilt_write(path, corpus: Corpus, vectors: np.ndarray) -> None:
 
     if path.name.startswith("ours"):
         space = path._pipeline.get_component("embedder").encoder.fingerprint.document_space
-        metas = [{"title": t, DOCUMENT_SPACE_META_KEY: space, EMBEDDED_INPUT_META_KEY: input_digest(j)}
-                 for t, j in zip(corpus.titles, corpus.joined)]
+        metas = [
+            {"title": t, DOCUMENT_SPACE_META_KEY: space, EMBEDDED_INPUT_META_KEY: input_digest(j)}
+            for t, j in zip(corpus.titles, corpus.joined)
+        ]
     else:
         metas = [{"title": t} for t in corpus.titles]
-    documents = [Document(id=i, content=x, meta=m, embedding=v.tolist())
-                 for i, x, m, v in zip(corpus.ids, corpus.texts, metas, vectors)]
+    documents = [
+        Document(id=i, content=x, meta=m, embedding=v.tolist())
+        for i, x, m, v in zip(corpus.ids, corpus.texts, metas, vectors)
+    ]
     for start in range(0, len(documents), 5_000):
         path.store.write_documents(documents[start : start + 5_000], policy=DuplicatePolicy.OVERWRITE)
 
@@ -572,8 +636,11 @@ def scale_worker(spec: dict) -> dict:
             path.fill(ids, contents, matrix, space)
             elapsed = time.perf_counter() - started
             gc.collect()
-            result["paths"][name] = {"write_s": round(elapsed, 1), "write_docs_per_s": round(count / elapsed),
-                                     "rss_growth_mb": round(rss_mb() - before)}
+            result["paths"][name] = {
+                "write_s": round(elapsed, 1),
+                "write_docs_per_s": round(count / elapsed),
+                "rss_growth_mb": round(rss_mb() - before),
+            }
             paths[name] = path
             print(f"  {name}: wrote {count:,} in {elapsed:.1f} s", flush=True)
         for path in paths.values():
@@ -646,11 +713,22 @@ def scifact_latency_isolated(spec: dict, log) -> dict:
 
     try:
         for name, file in spec["vectors"].items():
-            worker = {"path": name, "options": spec["options"] if name == "ours-opt" else {}, "stride": spec["stride"],
-                      "vectors_file": file, "url": server.url, "grpc": server.ports.grpc, "warm_queries": queries[:5]}
-            process = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", "serve", "--spec",
-                                        json.dumps(worker)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                       cwd=HERE)
+            worker = {
+                "path": name,
+                "options": spec["options"] if name == "ours-opt" else {},
+                "stride": spec["stride"],
+                "vectors_file": file,
+                "url": server.url,
+                "grpc": server.ports.grpc,
+                "warm_queries": queries[:5],
+            }
+            process = subprocess.Popen(
+                [sys.executable, str(Path(__file__).resolve()), "--worker", "serve", "--spec", json.dumps(worker)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                cwd=HERE,
+            )
             processes[name] = process
             answer(process)
             log(f"  {name} ready")
@@ -669,12 +747,16 @@ def scifact_latency_isolated(spec: dict, log) -> dict:
                 process.stdin.write("null\n")
                 process.stdin.close()
                 process.wait(timeout=60)
-            except Exception:  # noqa: BLE001 - best effort; the process is ours
+            except Exception:
                 process.kill()
         server.stop()
-    return {"documents": len(corpus.ids), "queries": len(queries), "rounds": spec["rounds"],
-            "isolation": "one process per path, driven alternately",
-            "text_to_top10": {name: summary(values) for name, values in samples.items()}}
+    return {
+        "documents": len(corpus.ids),
+        "queries": len(queries),
+        "rounds": spec["rounds"],
+        "isolation": "one process per path, driven alternately",
+        "text_to_top10": {name: summary(values) for name, values in samples.items()},
+    }
 
 
 def alternate(functions: dict, queries: list[str], limits: dict[str, int]) -> dict[str, list[float]]:
@@ -714,21 +796,31 @@ def throughput(corpus: Corpus, reps: int, options: dict, log) -> dict:
     from haystack_integrations.components.embedders.sentence_transformers import SentenceTransformersDocumentEmbedder
     from langchain_huggingface import HuggingFaceEmbeddings
 
-    ours = DualEncoderDocumentEmbedder(encoder=our_config({}), meta_fields_to_embed=["title"], embedding_separator=" ",
-                                       progress_bar=False)
-    stock = SentenceTransformersDocumentEmbedder(model=model_path(), local_files_only=True, meta_fields_to_embed=["title"],
-                                                 embedding_separator=" ", progress_bar=False)
+    ours = DualEncoderDocumentEmbedder(
+        encoder=our_config({}), meta_fields_to_embed=["title"], embedding_separator=" ", progress_bar=False
+    )
+    stock = SentenceTransformersDocumentEmbedder(
+        model=model_path(),
+        local_files_only=True,
+        meta_fields_to_embed=["title"],
+        embedding_separator=" ",
+        progress_bar=False,
+    )
     langchain = HuggingFaceEmbeddings(model_name=model_path(), model_kwargs={"local_files_only": True})
     embedders = {
         "ours-embedded": lambda docs: ours.run(documents=docs),
         "stock-inmemory": lambda docs: stock.run(documents=docs),
         "langchain": lambda docs: langchain.embed_documents([d.page_content for d in docs]),
     }
-    builders = {"ours-embedded": corpus.haystack_documents, "stock-inmemory": corpus.haystack_documents,
-                "langchain": corpus.langchain_documents}
+    builders = {
+        "ours-embedded": corpus.haystack_documents,
+        "stock-inmemory": corpus.haystack_documents,
+        "langchain": corpus.langchain_documents,
+    }
     if options:
-        ours_opt = DualEncoderDocumentEmbedder(encoder=our_config(options), meta_fields_to_embed=["title"],
-                                               embedding_separator=" ", progress_bar=False)
+        ours_opt = DualEncoderDocumentEmbedder(
+            encoder=our_config(options), meta_fields_to_embed=["title"], embedding_separator=" ", progress_bar=False
+        )
         embedders["ours-opt"] = lambda docs: ours_opt.run(documents=docs)
         builders["ours-opt"] = corpus.haystack_documents
     warm = corpus.subset(max(1, len(corpus.ids) // 32))
@@ -745,8 +837,13 @@ def throughput(corpus: Corpus, reps: int, options: dict, log) -> dict:
             embedders[name](documents)
             rates[name].append(len(documents) / (time.perf_counter() - started))
             log(f"  rep {rep + 1} {name}: {rates[name][-1]:.1f} docs/s")
-    return {"documents": len(corpus.ids), "reps": reps,
-            "docs_per_s": {name: {"median": statistics.median(v), "all": [round(x, 2) for x in v]} for name, v in rates.items()}}
+    return {
+        "documents": len(corpus.ids),
+        "reps": reps,
+        "docs_per_s": {
+            name: {"median": statistics.median(v), "all": [round(x, 2) for x in v]} for name, v in rates.items()
+        },
+    }
 
 
 # ------------------------------------------------------------------------------- main: SciFact latency
@@ -799,7 +896,8 @@ def ratios(result: dict) -> dict:
         out[key] = entry
     if "ours-core" in idx and "ours-embedded" in idx:
         out["ours-core vs ours-embedded"] = {
-            "reindex_time_peer_over_ours": ratio(idx["ours-embedded"]["reindex_s"], idx["ours-core"]["reindex_s"])}
+            "reindex_time_peer_over_ours": ratio(idx["ours-embedded"]["reindex_s"], idx["ours-core"]["reindex_s"])
+        }
     if "ours-opt" in tp:
         entry = {"encode_throughput_ours_over_peer": ratio(tp["ours-opt"]["median"], tp["ours-embedded"]["median"])}
         if "ours-opt" in idx and "ours-embedded" in idx:
@@ -823,11 +921,10 @@ def write_markdown(result: dict, path: Path) -> None:
         f"**Machine:** {m['cpu']}, {m['cores']} cores, {m.get('memory_gib', '?')} GiB RAM, no GPU; Python {m['python']}, "
         f"torch {m['torch']} ({m['torch_threads']} threads), numpy {m['numpy']}. Load average at start / end: "
         f"{result['load_average_start']} / {result['load_average_end']} (the machine is shared; other jobs may run "
-        f"beside this one). Package versions: "
-        + ", ".join(f"{k} {v}" for k, v in result["versions"].items()) + ".",
+        f"beside this one). Package versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()) + ".",
         "",
         f"**Data:** SciFact (BEIR), {result['corpus_documents']:,} documents, {result['test_queries']} test queries; every "
-        f"path embeds `title + \" \" + text` with all-MiniLM-L6-v2 (checked string by string before the run, and "
+        f'path embeds `title + " " + text` with all-MiniLM-L6-v2 (checked string by string before the run, and '
         f"afterwards by the stored vectors: minimum cosine to ours is shown per path). Full run time: "
         f"{result['wall_minutes']:.0f} min.",
         "",
@@ -841,83 +938,124 @@ def write_markdown(result: dict, path: Path) -> None:
     lines += ["", "## Document-encoding throughput", ""]
     tp = result.get("throughput")
     if tp:
-        lines += [f"{tp['documents']:,} SciFact documents (every {result['throughput_stride']}th), embedders alternating, "
-                  f"median of {tp['reps']} (all runs in the JSON). Fresh documents every run: nothing is cached.", "",
-                  ]
+        lines += [
+            f"{tp['documents']:,} SciFact documents (every {result['throughput_stride']}th), embedders alternating, "
+            f"median of {tp['reps']} (all runs in the JSON). Fresh documents every run: nothing is cached.",
+            "",
+        ]
         # Each of our embedders (the default, and the extra options when given) against every embedder.
         ours_names = [name for name in ("ours-embedded", "ours-opt") if name in tp["docs_per_s"]]
-        lines += ["| embedder | docs/s (median) | runs | " + " | ".join(f"`{name}` ÷ this" for name in ours_names) + " |",
-                  "|---|---|---|" + "---|" * len(ours_names)]
-        labels = {"ours-embedded": "ours: DualEncoderDocumentEmbedder", "ours-opt": "ours with the extra options",
-                  "stock-inmemory": "Haystack: SentenceTransformersDocumentEmbedder",
-                  "langchain": "LangChain: HuggingFaceEmbeddings.embed_documents"}
+        lines += [
+            "| embedder | docs/s (median) | runs | " + " | ".join(f"`{name}` ÷ this" for name in ours_names) + " |",
+            "|---|---|---|" + "---|" * len(ours_names),
+        ]
+        labels = {
+            "ours-embedded": "ours: DualEncoderDocumentEmbedder",
+            "ours-opt": "ours with the extra options",
+            "stock-inmemory": "Haystack: SentenceTransformersDocumentEmbedder",
+            "langchain": "LangChain: HuggingFaceEmbeddings.embed_documents",
+        }
         for name, value in tp["docs_per_s"].items():
             cells = [fx(ratio(tp["docs_per_s"][ours]["median"], value["median"])) for ours in ours_names]
-            lines.append(f"| {labels[name]} | {value['median']:.1f} | {', '.join(f'{x:.1f}' for x in value['all'])} | "
-                         + " | ".join(cells) + " |")
+            lines.append(
+                f"| {labels[name]} | {value['median']:.1f} | {', '.join(f'{x:.1f}' for x in value['all'])} | "
+                + " | ".join(cells)
+                + " |"
+            )
     idx = result.get("indexing", {})
     if idx:
         sub = next(iter(idx.values()))["reindex_documents"]
-        lines += ["", "## Indexing, re-indexing, peak memory and quality (one subprocess per path)", "",
-                  f"Each path runs alone in a fresh process (one run each, in the order shown): index the "
-                  f"{result['corpus_documents']:,} documents (model loaded beforehand); re-index: index {sub:,} of the "
-                  f"same, unchanged documents (every {result['reindex_stride']}th) again into the same store, built "
-                  f"afresh as a re-run of the indexing would build them (OVERWRITE); then run the test queries "
-                  f"(top-100) for nDCG@10 and recall@100, scored by `dual_encoder.evaluation.evaluate_run`. "
-                  f"Peak RSS is the process's VmHWM after all of that (Weaviate: the server's own peak beside it).", "",
-                  "To encode the corpus as few times as possible, only `ours-embedded`, `stock-inmemory` and "
-                  "`langchain` encode the full corpus; `ours-core` and `ours-weaviate` are filled with the vectors "
-                  "`ours-embedded` produced (stamped exactly as our embedder stamps them) and `stock-weaviate` with "
-                  "`stock-inmemory`'s, so their index time is write time only and their peak RSS does not include "
-                  "encoding 5k documents at once. Their re-index runs encode whatever their embedder does not skip (the column in brackets counts it).", "",
-                  f"| path | index | index s (docs/s) | re-index of {sub:,} s (re-encoded) | peak RSS MB | nDCG@10 | "
-                  "recall@100 | min cos to ours |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Indexing, re-indexing, peak memory and quality (one subprocess per path)",
+            "",
+            f"Each path runs alone in a fresh process (one run each, in the order shown): index the "
+            f"{result['corpus_documents']:,} documents (model loaded beforehand); re-index: index {sub:,} of the "
+            f"same, unchanged documents (every {result['reindex_stride']}th) again into the same store, built "
+            f"afresh as a re-run of the indexing would build them (OVERWRITE); then run the test queries "
+            f"(top-100) for nDCG@10 and recall@100, scored by `dual_encoder.evaluation.evaluate_run`. "
+            f"Peak RSS is the process's VmHWM after all of that (Weaviate: the server's own peak beside it).",
+            "",
+            "To encode the corpus as few times as possible, only `ours-embedded`, `stock-inmemory` and "
+            "`langchain` encode the full corpus; `ours-core` and `ours-weaviate` are filled with the vectors "
+            "`ours-embedded` produced (stamped exactly as our embedder stamps them) and `stock-weaviate` with "
+            "`stock-inmemory`'s, so their index time is write time only and their peak RSS does not include "
+            "encoding 5k documents at once. Their re-index runs encode whatever their embedder does not skip (the column in brackets counts it).",
+            "",
+            f"| path | index | index s (docs/s) | re-index of {sub:,} s (re-encoded) | peak RSS MB | nDCG@10 | "
+            "recall@100 | min cos to ours |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for name, r in idx.items():
             rss = fmt(r["peak_rss_mb"], 0)
             if r.get("server_peak_rss_mb"):
                 rss += f" + server {fmt(r['server_peak_rss_mb'], 0)}"
-            lines.append(f"| `{name}` | {r['index_kind']} | {fmt(r['index_s'])} ({fmt(r['index_docs_per_s'])}) | "
-                         f"{fmt(r['reindex_s'], 2)} ({r['reindex_reencoded']:,}) | {rss} | {r['ndcg@10']:.4f} | "
-                         f"{r['recall@100']:.4f} | {fmt(r.get('min_cosine_to_ours'), 6)} |")
+            lines.append(
+                f"| `{name}` | {r['index_kind']} | {fmt(r['index_s'])} ({fmt(r['index_docs_per_s'])}) | "
+                f"{fmt(r['reindex_s'], 2)} ({r['reindex_reencoded']:,}) | {rss} | {r['ndcg@10']:.4f} | "
+                f"{r['recall@100']:.4f} | {fmt(r.get('min_cosine_to_ours'), 6)} |"
+            )
         speedups = []
         for name, r in idx.items():
             # A write-only path's first index would have encoded with its sibling's embedder first.
-            first = r["index_s"] + (idx[PREBUILT_FROM[name]]["index_s"] if name in PREBUILT_FROM and PREBUILT_FROM[name] in idx else 0)
+            first = r["index_s"] + (
+                idx[PREBUILT_FROM[name]]["index_s"] if name in PREBUILT_FROM and PREBUILT_FROM[name] in idx else 0
+            )
             again = r["reindex_s"] / r["reindex_documents"]
             speedups.append(f"`{name}` {fmt(ratio(first / r['documents'], again), 0)}×")
-        lines += ["", "Re-index of unchanged documents against the first index, per document (first index: index s ÷ "
-                  f"{result['corpus_documents']:,}, plus the sibling embedder's encoding for the write-only paths; "
-                  f"re-index: re-index s ÷ {sub:,}; issue 5 asks for ≥ 50×): " + ", ".join(speedups) + "."]
+        lines += [
+            "",
+            "Re-index of unchanged documents against the first index, per document (first index: index s ÷ "
+            f"{result['corpus_documents']:,}, plus the sibling embedder's encoding for the write-only paths; "
+            f"re-index: re-index s ÷ {sub:,}; issue 5 asks for ≥ 50×): " + ", ".join(speedups) + ".",
+        ]
         if "ours-core" in idx and "reindex_full_s" in idx["ours-core"]:
             full = idx["ours-core"]
-            lines += ["", f"`ours-core` re-index of all {result['corpus_documents']:,} unchanged documents (a second "
-                      f"`dual-encoder index` run: open the directory, read stored fingerprints, skip): "
-                      f"{full['reindex_full_s']:.2f} s, {full['reindex_full_summary']['encoded']} encoded, "
-                      f"{full['reindex_full_summary']['unchanged']:,} unchanged."]
+            lines += [
+                "",
+                f"`ours-core` re-index of all {result['corpus_documents']:,} unchanged documents (a second "
+                f"`dual-encoder index` run: open the directory, read stored fingerprints, skip): "
+                f"{full['reindex_full_s']:.2f} s, {full['reindex_full_summary']['encoded']} encoded, "
+                f"{full['reindex_full_summary']['unchanged']:,} unchanged.",
+            ]
     lat = result.get("latency", {})
     if lat:
-        lines += ["", "## Text → top-10 query latency (query encoding included)", "",
-                  "SciFact: every path runs in its own process (as a user runs one stack) holding the vectors its "
-                  "own path produced above; a driver sends each test question to the paths in an order rotated "
-                  "query by query and waits for each answer, so paths alternate without sharing a process. "
-                  "Synthetic scales: random unit 384-d vectors (seed 0) written to every store, all paths in one "
-                  "process per scale, alternating query by query; the slow in-memory peers answer only the first "
-                  f"{result.get('slow_peer_queries', 20)} questions. Weaviate ingest at the synthetic scales is "
-                  "the write column (embeddings given).", "",
-                  "| scale | path | p50 ms | p99 ms | n | write s (docs/s) | RSS growth MB |", "|---|---|---|---|---|---|---|"]
-        for scale, block in sorted(lat.items(), key=lambda item: -1 if item[0] == "scifact" else int(item[0].replace(",", ""))):
+        lines += [
+            "",
+            "## Text → top-10 query latency (query encoding included)",
+            "",
+            "SciFact: every path runs in its own process (as a user runs one stack) holding the vectors its "
+            "own path produced above; a driver sends each test question to the paths in an order rotated "
+            "query by query and waits for each answer, so paths alternate without sharing a process. "
+            "Synthetic scales: random unit 384-d vectors (seed 0) written to every store, all paths in one "
+            "process per scale, alternating query by query; the slow in-memory peers answer only the first "
+            f"{result.get('slow_peer_queries', 20)} questions. Weaviate ingest at the synthetic scales is "
+            "the write column (embeddings given).",
+            "",
+            "| scale | path | p50 ms | p99 ms | n | write s (docs/s) | RSS growth MB |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for scale, block in sorted(
+            lat.items(), key=lambda item: -1 if item[0] == "scifact" else int(item[0].replace(",", ""))
+        ):
             for name, s in block.get("text_to_top10", {}).items():
                 w = block.get("writes", {}).get(name, {})
                 write = f"{fmt(w.get('write_s'))} ({fmt(w.get('write_docs_per_s'), 0)})" if w else "—"
-                lines.append(f"| {scale} | `{name}` | {s['p50_ms']:.1f} | {s['p99_ms']:.1f} | {s['n']} | {write} | "
-                             f"{fmt(w.get('rss_growth_mb'), 0) if w else '—'} |")
+                lines.append(
+                    f"| {scale} | `{name}` | {s['p50_ms']:.1f} | {s['p99_ms']:.1f} | {s['n']} | {write} | "
+                    f"{fmt(w.get('rss_growth_mb'), 0) if w else '—'} |"
+                )
             for name in block.get("skipped", {}):
                 lines.append(f"| {scale} | `{name}` | skipped | | | | |")
-    lines += ["", "## Ratios against each peer", "",
-              "Throughput: ours ÷ peer (above 1: ours faster). Times, latency and memory: peer ÷ ours (above 1: ours "
-              "faster or smaller). nDCG: ours − peer. The Weaviate pair's encoding ratio is the Haystack embedder's "
-              "(the same component encodes for both stores).", ""]
+    lines += [
+        "",
+        "## Ratios against each peer",
+        "",
+        "Throughput: ours ÷ peer (above 1: ours faster). Times, latency and memory: peer ÷ ours (above 1: ours "
+        "faster or smaller). nDCG: ours − peer. The Weaviate pair's encoding ratio is the Haystack embedder's "
+        "(the same component encodes for both stores).",
+        "",
+    ]
     rat = result["ratios"]
     keys = list(dict.fromkeys(k for entry in rat.values() for k in entry))
     lines += ["| ratio | " + " | ".join(f"`{k}`" for k in rat) + " |", "|---" * (len(rat) + 1) + "|"]
@@ -934,19 +1072,33 @@ def write_markdown(result: dict, path: Path) -> None:
         lines.append("- nothing")
     notes = list(result["notes"])
     loads = [result["load_average_start"][0], result["load_average_end"][0]] + [
-        r.get("load_average_start", 0) for r in idx.values()]
+        r.get("load_average_start", 0) for r in idx.values()
+    ]
     if max(loads) > m["cores"]:
-        notes.insert(0, f"**This run shared the machine**: 1-minute load averages seen during it reached "
-                     f"{max(loads):.1f} on {m['cores']} cores (other jobs ran beside it), so absolute times are several "
-                     "times what a quiet machine gives (compare `results/query_latency.json`: 8.7 ms SciFact text -> "
-                     "top-10 for ours). Alternated measurements (throughput, latency) are comparable with each other; the "
-                     "single sequential runs (index, re-index) are not reliable to better than ~±30 %.")
-    notes.append("Synthetic scales: all paths share one process per scale (three torch models and their thread pools, "
-                 "numpy's BLAS pool, gRPC clients), so under load their latencies are contended figures; SciFact "
-                 "latency runs every path in its own process instead.")
+        notes.insert(
+            0,
+            f"**This run shared the machine**: 1-minute load averages seen during it reached "
+            f"{max(loads):.1f} on {m['cores']} cores (other jobs ran beside it), so absolute times are several "
+            "times what a quiet machine gives (compare `results/query_latency.json`: 8.7 ms SciFact text -> "
+            "top-10 for ours). Alternated measurements (throughput, latency) are comparable with each other; the "
+            "single sequential runs (index, re-index) are not reliable to better than ~±30 %.",
+        )
+    notes.append(
+        "Synthetic scales: all paths share one process per scale (three torch models and their thread pools, "
+        "numpy's BLAS pool, gRPC clients), so under load their latencies are contended figures; SciFact "
+        "latency runs every path in its own process instead."
+    )
     lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
-    lines += ["", "## Reproduce", "", "```bash", "DEV_EXTRAS=bench ./dev python benchmarks/peers.py " +
-              " ".join(argument for argument in result["argv"] if argument != "--resume"), "```", ""]
+    lines += [
+        "",
+        "## Reproduce",
+        "",
+        "```bash",
+        "DEV_EXTRAS=bench ./dev python benchmarks/peers.py "
+        + " ".join(argument for argument in result["argv"] if argument != "--resume"),
+        "```",
+        "",
+    ]
     path.write_text("\n".join(lines))
 
 
@@ -968,8 +1120,10 @@ def parse_options(args) -> dict:
     known = {f.name for f in dataclasses.fields(EncoderConfig)}
     unknown = sorted(set(options) - known)
     if unknown:
-        raise SystemExit(f"EncoderConfig has no option(s) {unknown} in this checkout (it has {sorted(known)}); "
-                         f"--our-precision / --our-option pass through only options that exist.")
+        raise SystemExit(
+            f"EncoderConfig has no option(s) {unknown} in this checkout (it has {sorted(known)}); "
+            f"--our-precision / --our-option pass through only options that exist."
+        )
     EncoderConfig.coerce(our_config(options))  # validate values now, not an hour in
     return options
 
@@ -979,23 +1133,45 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke test: a small subset, few reps (minutes)")
     parser.add_argument("--reps", type=int, default=3, help="alternating throughput runs per embedder")
     parser.add_argument("--throughput-stride", type=int, default=16, help="throughput subset: every Nth document")
-    parser.add_argument("--reindex-stride", type=int, default=16,
-                        help="re-index subset: every Nth document (paths that re-encode take ~as long as indexing)")
+    parser.add_argument(
+        "--reindex-stride",
+        type=int,
+        default=16,
+        help="re-index subset: every Nth document (paths that re-encode take ~as long as indexing)",
+    )
     parser.add_argument("--resume", action="store_true", help="reuse the finished parts of an interrupted run")
     parser.add_argument("--report-only", action="store_true", help="rewrite RESULTS.md from the results JSON")
     parser.add_argument("--rounds", type=int, default=1, help="passes over the test queries at SciFact scale")
     parser.add_argument("--scales", default="100000,1000000", help="synthetic corpus sizes, comma-separated")
-    parser.add_argument("--inmemory-cap", type=int, default=100_000,
-                        help="largest synthetic scale for InMemoryDocumentStore and LangChain InMemoryVectorStore")
+    parser.add_argument(
+        "--inmemory-cap",
+        type=int,
+        default=100_000,
+        help="largest synthetic scale for InMemoryDocumentStore and LangChain InMemoryVectorStore",
+    )
     parser.add_argument("--weaviate-cap", type=int, default=100_000, help="largest synthetic scale written to Weaviate")
-    parser.add_argument("--slow-peer-queries", type=int, default=20,
-                        help="queries for the in-memory peers at synthetic scales (~1 s each at 100k)")
+    parser.add_argument(
+        "--slow-peer-queries",
+        type=int,
+        default=20,
+        help="queries for the in-memory peers at synthetic scales (~1 s each at 100k)",
+    )
     parser.add_argument("--our-precision", help="pass precision=... to our EncoderConfig (adds an `ours-opt` path)")
-    parser.add_argument("--our-backend", help="pass backend=... to our EncoderConfig (adds an `ours-opt` path), "
-                        "e.g. openvino-bf16 where that option exists")
-    parser.add_argument("--our-option", action="append", default=[], metavar="KEY=VALUE",
-                        help="any other EncoderConfig option for the `ours-opt` path (repeatable; JSON values)")
-    parser.add_argument("--skip", default="", help="comma-separated sections to skip: throughput,indexing,latency,scale")
+    parser.add_argument(
+        "--our-backend",
+        help="pass backend=... to our EncoderConfig (adds an `ours-opt` path), "
+        "e.g. openvino-bf16 where that option exists",
+    )
+    parser.add_argument(
+        "--our-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other EncoderConfig option for the `ours-opt` path (repeatable; JSON values)",
+    )
+    parser.add_argument(
+        "--skip", default="", help="comma-separated sections to skip: throughput,indexing,latency,scale"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -1047,18 +1223,41 @@ def main() -> None:
     import importlib.metadata as md
 
     versions = {}
-    for package in ("haystack-ai", "sentence-transformers", "transformers", "sentence-transformers-haystack",
-                    "weaviate-haystack", "weaviate-client", "langchain-core", "langchain-huggingface", "huggingface-hub"):
+    for package in (
+        "haystack-ai",
+        "sentence-transformers",
+        "transformers",
+        "sentence-transformers-haystack",
+        "weaviate-haystack",
+        "weaviate-client",
+        "langchain-core",
+        "langchain-huggingface",
+        "huggingface-hub",
+    ):
         try:
             versions[package] = md.version(package)
         except md.PackageNotFoundError:
             versions[package] = "absent"
     info = machine()
     info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)
-    result: dict = {"name": name, "quick": quick, "argv": sys.argv[1:], "machine": info, "versions": versions,
-                    "load_average_start": [round(x, 2) for x in os.getloadavg()], "our_options": options,
-                    "paths": paths, "corpus_documents": len(corpus.ids), "test_queries": len(queries),
-                    "slow_peer_queries": slow_queries, "throughput_stride": throughput_stride, "reindex_stride": reindex_stride, "phase_minutes": {}, "skipped_notes": [], "notes": []}
+    result: dict = {
+        "name": name,
+        "quick": quick,
+        "argv": sys.argv[1:],
+        "machine": info,
+        "versions": versions,
+        "load_average_start": [round(x, 2) for x in os.getloadavg()],
+        "our_options": options,
+        "paths": paths,
+        "corpus_documents": len(corpus.ids),
+        "test_queries": len(queries),
+        "slow_peer_queries": slow_queries,
+        "throughput_stride": throughput_stride,
+        "reindex_stride": reindex_stride,
+        "phase_minutes": {},
+        "skipped_notes": [],
+        "notes": [],
+    }
     # Finished parts are checkpointed here; --resume picks them up (vectors stay for the latency phase).
     work = HERE / ".work" / name
     checkpoint = work / "partial.json"
@@ -1067,7 +1266,9 @@ def main() -> None:
         done = json.loads(checkpoint.read_text())
         same = [a for a in done.get("argv", []) if a != "--resume"] == [a for a in result["argv"] if a != "--resume"]
         if not same or done.get("our_options") != options:
-            raise SystemExit(f"{checkpoint} is from another command line ({done.get('argv')}); delete it or drop --resume.")
+            raise SystemExit(
+                f"{checkpoint} is from another command line ({done.get('argv')}); delete it or drop --resume."
+            )
         log(f"resuming from {checkpoint}: {sorted(k for k in ('throughput', 'indexing', 'latency') if k in done)}")
     else:
         shutil.rmtree(work, ignore_errors=True)
@@ -1100,36 +1301,62 @@ def main() -> None:
             if path in result["indexing"] and Path(vector_files[path]).exists():
                 continue
             kind = "write sibling vectors" if path in PREBUILT_FROM else "encode"
-            log(f"[indexing] {path}: {len(corpus.ids)} documents ({kind}), re-index of "
-                f"{len(corpus.subset(reindex_stride).ids)}, {len(queries)} queries")
-            spec = {"path": path, "options": options if path == "ours-opt" else {}, "stride": stride,
-                    "reindex_stride": reindex_stride, "queries": queries_limit, "dir": str(work),
-                    "vectors_out": vector_files[path], "sibling_vectors": vector_files.get(PREBUILT_FROM.get(path, ""))}
+            log(
+                f"[indexing] {path}: {len(corpus.ids)} documents ({kind}), re-index of "
+                f"{len(corpus.subset(reindex_stride).ids)}, {len(queries)} queries"
+            )
+            spec = {
+                "path": path,
+                "options": options if path == "ours-opt" else {},
+                "stride": stride,
+                "reindex_stride": reindex_stride,
+                "queries": queries_limit,
+                "dir": str(work),
+                "vectors_out": vector_files[path],
+                "sibling_vectors": vector_files.get(PREBUILT_FROM.get(path, "")),
+            }
             r = run_worker("index", spec, log)
             result["indexing"][path] = r
-            log(f"  index {r['index_s']:.1f} s, re-index {r['reindex_s']:.2f} s, nDCG@10 {r['ndcg@10']:.4f}, "
-                f"peak RSS {r['peak_rss_mb']:.0f} MB")
+            log(
+                f"  index {r['index_s']:.1f} s, re-index {r['reindex_s']:.2f} s, nDCG@10 {r['ndcg@10']:.4f}, "
+                f"peak RSS {r['peak_rss_mb']:.0f} MB"
+            )
             save()
         result["phase_minutes"]["indexing"] = result["phase_minutes"].get("indexing", 0) + round(
-            (time.perf_counter() - started) / 60, 1)
+            (time.perf_counter() - started) / 60, 1
+        )
         reference = np.load(vector_files["ours-embedded"])
         for path in paths:
             matrix = np.load(vector_files[path])
-            result["indexing"][path]["min_cosine_to_ours"] = float(np.min(
-                np.sum(matrix * reference, axis=1) / (np.linalg.norm(matrix, axis=1) * np.linalg.norm(reference, axis=1))))
+            result["indexing"][path]["min_cosine_to_ours"] = float(
+                np.min(
+                    np.sum(matrix * reference, axis=1)
+                    / (np.linalg.norm(matrix, axis=1) * np.linalg.norm(reference, axis=1))
+                )
+            )
         save()
 
     result["latency"] = dict(done.get("latency", {}))
     if "latency" not in skip and "scifact" not in result["latency"]:
         log(f"[latency] SciFact scale, {len(queries)} queries x {rounds} rounds, all paths alternating")
         started = time.perf_counter()
-        spec = {"stride": stride, "queries": queries_limit, "rounds": rounds, "options": options, "dir": str(work),
-                "vectors": {p: f for p, f in vector_files.items() if p != "ours-core" and Path(f).exists()}}
+        spec = {
+            "stride": stride,
+            "queries": queries_limit,
+            "rounds": rounds,
+            "options": options,
+            "dir": str(work),
+            "vectors": {p: f for p, f in vector_files.items() if p != "ours-core" and Path(f).exists()},
+        }
         result["latency"]["scifact"] = scifact_latency_isolated(spec, log)
         phase("latency_scifact", started)
 
-    caps = {"stock-inmemory": inmemory_cap, "langchain": inmemory_cap, "ours-weaviate": weaviate_cap,
-            "stock-weaviate": weaviate_cap}
+    caps = {
+        "stock-inmemory": inmemory_cap,
+        "langchain": inmemory_cap,
+        "ours-weaviate": weaviate_cap,
+        "stock-weaviate": weaviate_cap,
+    }
     if "scale" not in skip:
         base_paths = ["ours-embedded", "stock-inmemory", "langchain", "ours-weaviate", "stock-weaviate"]
         limits = {"stock-inmemory": slow_queries, "langchain": slow_queries}
@@ -1139,13 +1366,25 @@ def main() -> None:
                 continue
             log(f"[scale] {label} synthetic documents")
             started = time.perf_counter()
-            r = run_worker("scale", {"count": count, "paths": base_paths, "caps": caps, "limits": limits,
-                                     "queries": queries_limit, "dir": str(work)}, log)
-            result["latency"][label] = {"text_to_top10": {n: p["text_to_top10"] for n, p in r["paths"].items()},
-                                        "writes": {n: {k: v for k, v in p.items() if k != "text_to_top10"}
-                                                   for n, p in r["paths"].items()},
-                                        "skipped": r["skipped"], "server_peak_rss_mb": r.get("server_peak_rss_mb"),
-                                        "wall_s": r["wall_s"]}
+            r = run_worker(
+                "scale",
+                {
+                    "count": count,
+                    "paths": base_paths,
+                    "caps": caps,
+                    "limits": limits,
+                    "queries": queries_limit,
+                    "dir": str(work),
+                },
+                log,
+            )
+            result["latency"][label] = {
+                "text_to_top10": {n: p["text_to_top10"] for n, p in r["paths"].items()},
+                "writes": {n: {k: v for k, v in p.items() if k != "text_to_top10"} for n, p in r["paths"].items()},
+                "skipped": r["skipped"],
+                "server_peak_rss_mb": r.get("server_peak_rss_mb"),
+                "wall_s": r["wall_s"],
+            }
             phase(f"scale_{count}", started)
     explain_skips(result, [int(k.replace(",", "")) for k in result["latency"] if k != "scifact"], caps)
 
@@ -1192,7 +1431,9 @@ def explain_skips(result: dict, scales: list[int], caps: dict) -> None:
         for path in lat.get(label, {}).get("skipped", {}):
             ran = [s for s in scales if s <= caps[path] and f"{s:,}" in lat and path in lat[f"{s:,}"]["text_to_top10"]]
             if not ran:
-                result["skipped_notes"].append(f"`{path}` at {label}: over its cap of {caps[path]:,}; no smaller scale ran.")
+                result["skipped_notes"].append(
+                    f"`{path}` at {label}: over its cap of {caps[path]:,}; no smaller scale ran."
+                )
                 continue
             base = max(ran)
             factor = count / base
@@ -1204,14 +1445,16 @@ def explain_skips(result: dict, scales: list[int], caps: dict) -> None:
                     f"`{path}` at {label}: writing {base:,} documents took {w['write_s']:.0f} s "
                     f"({w['write_docs_per_s']:,} docs/s), so {label} would take at least ~{projected:.0f} min of "
                     f"ingest (HNSW inserts slow down as the graph grows), per path; over the --weaviate-cap of "
-                    f"{caps[path]:,}. Pass --weaviate-cap {count} to include it.")
+                    f"{caps[path]:,}. Pass --weaviate-cap {count} to include it."
+                )
             else:
                 result["skipped_notes"].append(
                     f"`{path}` at {label}: at {base:,} documents one query took p50 {t['p50_ms']:,.0f} ms (every query "
                     f"rebuilds the embedding matrix from Python lists) and the store grew the process by "
                     f"{w['rss_growth_mb']:,} MB, so {label} would need ~{t['p50_ms'] * factor / 1000:.0f} s per query "
                     f"and ~{w['rss_growth_mb'] * factor / 1024:.0f} GiB of RAM; over the --inmemory-cap of "
-                    f"{caps[path]:,}.")
+                    f"{caps[path]:,}."
+                )
 
 
 if __name__ == "__main__":

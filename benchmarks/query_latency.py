@@ -23,12 +23,10 @@ import gc
 import tempfile
 
 import numpy as np
-
 from _common import scifact_documents_embedded, summary, timed, unit_vectors, write_result
 from haystack import Document
 from haystack.components.retrievers.in_memory import InMemoryEmbeddingRetriever
 from haystack.document_stores.in_memory import InMemoryDocumentStore
-
 from haystack_integrations.components.embedders.dual_encoder import DualEncoderTextEmbedder
 from haystack_integrations.components.retrievers.dual_encoder import DualEncoderRetriever, StoreEmbeddingRetriever
 from haystack_integrations.document_stores.dual_encoder import EmbeddedDocumentStore
@@ -48,7 +46,9 @@ def scifact_text_to_top10(rounds: int, baseline_queries: int) -> dict:
     text_embedder.warm_up()
 
     def fresh_documents() -> list[Document]:
-        return [Document(id=i, content=c, meta=m, embedding=v.tolist()) for i, c, m, v in zip(ids, contents, metas, matrix)]
+        return [
+            Document(id=i, content=c, meta=m, embedding=v.tolist()) for i, c, m, v in zip(ids, contents, metas, matrix)
+        ]
 
     ours_samples, encode_samples, baseline_samples = [], [], []
     for _ in range(rounds):
@@ -106,7 +106,9 @@ def synthetic_exact_search(count: int, repeat: int, baseline_repeat: int) -> dic
     store = None
     gc.collect()
     memory = InMemoryDocumentStore()
-    memory.write_documents([Document(id=str(i), content=f"doc {i}", embedding=vectors[i].tolist()) for i in range(count)])
+    memory.write_documents(
+        [Document(id=str(i), content=f"doc {i}", embedding=vectors[i].tolist()) for i in range(count)]
+    )
     for query in queries[:baseline_repeat]:
         as_list = query.tolist()
         baseline += timed(lambda: memory.embedding_retrieval(query_embedding=as_list, top_k=10), 1)

@@ -83,8 +83,12 @@ def train_model(output: Path) -> dict:
     result = train(config, announce=print)
     report = result.report
     return {
-        "config": {k: v for k, v in config.to_dict().items() if k.startswith("static_query") or k in (
-            "light_query_objective", "scale", "dev_fraction", "seed", "precision")},
+        "config": {
+            k: v
+            for k, v in config.to_dict().items()
+            if k.startswith("static_query")
+            or k in ("light_query_objective", "scale", "dev_fraction", "seed", "precision")
+        },
         "precision": report["precision"],
         "status": report["status"],
         "timings_seconds": {k: round(v, 1) for k, v in report["timings"].items()},
@@ -103,9 +107,11 @@ def quality(model: str, *, with_base: bool) -> dict:
         index = WORK / f"scifact-test-index-{encoder.fingerprint.document_space}"
         started = time.perf_counter()
         report = evaluate_embedded(SCIFACT, split="test", encoder=encoder, index_path=index, progress_bar=False)
-        results[name] = {"metrics": {k: round(v, 4) for k, v in report.metrics.items()},
-                         "seconds": round(time.perf_counter() - started, 1),
-                         "document_space": encoder.fingerprint.document_space}
+        results[name] = {
+            "metrics": {k: round(v, 4) for k, v in report.metrics.items()},
+            "seconds": round(time.perf_counter() - started, 1),
+            "document_space": encoder.fingerprint.document_space,
+        }
     base_space = DualEncoder(BASE).fingerprint.document_space
     results["same_index_as_base"] = results["static_query"]["document_space"] == base_space
     base_ndcg = results["base"]["metrics"]["ndcg@10"] if with_base else BASE_NDCG
@@ -120,8 +126,12 @@ def latency(model: str, index: Path, queries: list[str], rounds: int) -> dict:
 
     store = EmbeddedDocumentStore(path=str(index))
     encoders = {"full_tower": DualEncoder(BASE), "static_query": DualEncoder(model)}
-    retrievers = {name: DualEncoderRetriever(retriever=StoreEmbeddingRetriever(document_store=store),
-                                             encoder=encoder.config, top_k=10) for name, encoder in encoders.items()}
+    retrievers = {
+        name: DualEncoderRetriever(
+            retriever=StoreEmbeddingRetriever(document_store=store), encoder=encoder.config, top_k=10
+        )
+        for name, encoder in encoders.items()
+    }
     for name in encoders:
         encoders[name].encode_query("warm up")
         retrievers[name].warm_up()
@@ -148,17 +158,24 @@ def latency(model: str, index: Path, queries: list[str], rounds: int) -> dict:
         "load_average_1min_during": [round(value, 2) for value in load],
     }
     result["query_encoding_speedup_p50"] = round(
-        result["query_encoding"]["full_tower"]["p50_ms"] / result["query_encoding"]["static_query"]["p50_ms"], 1)
+        result["query_encoding"]["full_tower"]["p50_ms"] / result["query_encoding"]["static_query"]["p50_ms"], 1
+    )
     result["text_to_top10_speedup_p50"] = round(
-        result["text_to_top10"]["full_tower"]["p50_ms"] / result["text_to_top10"]["static_query"]["p50_ms"], 1)
+        result["text_to_top10"]["full_tower"]["p50_ms"] / result["text_to_top10"]["static_query"]["p50_ms"], 1
+    )
     return result
 
 
 def query_only_memory(model: str, index: Path, queries: list[str]) -> dict:
     results = {}
     for name, encoder in (("full_tower", BASE), ("static_query", model)):
-        completed = subprocess.run([sys.executable, "-c", _QUERY_ONLY_PROCESS, encoder, str(index), json.dumps(queries)],
-                                   capture_output=True, text=True, check=True, env=os.environ.copy())
+        completed = subprocess.run(
+            [sys.executable, "-c", _QUERY_ONLY_PROCESS, encoder, str(index), json.dumps(queries)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=os.environ.copy(),
+        )
         results[name] = json.loads(completed.stdout.strip().splitlines()[-1])
     return results
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, WORK, machine  # noqa: E402
+from _common import RESULTS, WORK, machine
 
 DIMENSION = 384
 FILTER = {"field": "meta.year", "operator": ">=", "value": 2018}
@@ -113,9 +113,7 @@ def build(size: int, path: Path) -> dict:
 # ---------------------------------------------------------------------------------------------- measure
 def measure(size: int, path: Path, repeat: int, approximate: bool) -> dict:
     from dual_encoder.embedded import EmbeddedStore
-
     from dual_encoder.embedded import store as store_module
-
     from dual_encoder.embedded.storage import CHECKPOINT_FILE
 
     out: dict = {"documents": size}
@@ -256,9 +254,7 @@ def measure_approximate(store, query_vectors: np.ndarray, repeat: int) -> dict:
         "saved file + change log" if store.approximate_index_source == "loaded" else "built from the vectors"
     )
     result["saved_index_present"] = saved
-    truth = [
-        [h.record.id for h in store.vector_search(q, top_k=10, exact=True).hits] for q in query_vectors[:repeat]
-    ]
+    truth = [[h.record.id for h in store.vector_search(q, top_k=10, exact=True).hits] for q in query_vectors[:repeat]]
 
     def run(label: str, filters=None) -> dict:
         latencies, recalls = [], []
@@ -310,8 +306,15 @@ def measure_haystack(size: int, repeat: int) -> dict:
     for start in range(0, size, BATCH):
         block = vectors(start, min(BATCH, size - start))
         store.write_documents(
-            [Document(id=f"doc-{start + i}", content=f"document {start + i}", meta=meta(start + i),
-                      embedding=block[i].tolist()) for i in range(len(block))]
+            [
+                Document(
+                    id=f"doc-{start + i}",
+                    content=f"document {start + i}",
+                    meta=meta(start + i),
+                    embedding=block[i].tolist(),
+                )
+                for i in range(len(block))
+            ]
         )
     out = {"documents": size, "write_all_s": round(time.perf_counter() - started, 1)}
     query_vectors = queries(repeat)
@@ -341,10 +344,22 @@ def measure_haystack(size: int, repeat: int) -> dict:
 def _child(command: str, size: int, args) -> dict:
     """Run one phase in a fresh interpreter (clean peak RSS) and return its JSON."""
     output = subprocess.run(
-        [sys.executable, __file__, "--phase", command, "--sizes", str(size), "--repeat", str(args.repeat),
-         "--work", str(args.work)]
+        [
+            sys.executable,
+            __file__,
+            "--phase",
+            command,
+            "--sizes",
+            str(size),
+            "--repeat",
+            str(args.repeat),
+            "--work",
+            str(args.work),
+        ]
         + (["--no-approximate"] if args.no_approximate else []),
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return json.loads(output.stdout.strip().splitlines()[-1])
 

@@ -41,15 +41,20 @@ def evaluate_on_test(model: str) -> dict:
     index = WORK / f"scifact-test-index-{encoder.fingerprint.document_space}"
     started = time.perf_counter()
     report = evaluate_embedded(SCIFACT, split="test", encoder=encoder, index_path=index, progress_bar=False)
-    return {"metrics": report.metrics, "seconds": round(time.perf_counter() - started, 1),
-            "document_space": encoder.fingerprint.document_space}
+    return {
+        "metrics": report.metrics,
+        "seconds": round(time.perf_counter() - started, 1),
+        "document_space": encoder.fingerprint.document_space,
+    }
 
 
 def query_latency_ratio(base: str, light: str, rounds: int = 5, backend: str = "torch") -> dict:
     """Median per-query encoding time of both query towers, measured alternately on the test queries."""
     queries = list(load_beir(SCIFACT, split="test").queries.values())
-    encoders = {"base": DualEncoder({"model": base, "backend": backend}),
-                "light": DualEncoder({"model": light, "backend": backend})}
+    encoders = {
+        "base": DualEncoder({"model": base, "backend": backend}),
+        "light": DualEncoder({"model": light, "backend": backend}),
+    }
     for encoder in encoders.values():
         encoder.encode_query("warm up")
     samples = {name: [] for name in encoders}
@@ -60,9 +65,15 @@ def query_latency_ratio(base: str, light: str, rounds: int = 5, backend: str = "
                 encoder.encode_query(query)
                 samples[name].append((time.perf_counter() - started) * 1000)
     medians = {name: statistics.median(values) for name, values in samples.items()}
-    return {"backend": backend, "base_p50_ms": round(medians["base"], 3), "light_p50_ms": round(medians["light"], 3),
-            "speedup": round(medians["base"] / medians["light"], 2), "queries": len(queries), "rounds": rounds,
-            "load_average_1min": round(os.getloadavg()[0], 2)}
+    return {
+        "backend": backend,
+        "base_p50_ms": round(medians["base"], 3),
+        "light_p50_ms": round(medians["light"], 3),
+        "speedup": round(medians["base"] / medians["light"], 2),
+        "queries": len(queries),
+        "rounds": rounds,
+        "load_average_1min": round(os.getloadavg()[0], 2),
+    }
 
 
 def query_latency_ratios(base: str, light: str) -> list[dict]:
@@ -75,14 +86,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--architecture", default="siamese")
     parser.add_argument("--output", default=None, help="Model folder (default benchmarks/.work/model-<architecture>).")
-    parser.add_argument("--set", action="append", default=[], metavar="OPTION=JSON",
-                        help="Any other TrainingConfig option, e.g. --set epochs=2 --set precision='\"bf16\"'.")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="OPTION=JSON",
+        help="Any other TrainingConfig option, e.g. --set epochs=2 --set precision='\"bf16\"'.",
+    )
     parser.add_argument("--query-layers", type=int, default=3)
     parser.add_argument("--skip-baseline", action="store_true", help="Do not (re)score the untrained model.")
     parser.add_argument("--tag", default="", help="Suffix for the result file name.")
-    parser.add_argument("--remeasure-latency", action="store_true",
-                        help="light-query: only re-measure query encoding of the trained model (on a quiet machine) and "
-                             "update the result file.")
+    parser.add_argument(
+        "--remeasure-latency",
+        action="store_true",
+        help="light-query: only re-measure query encoding of the trained model (on a quiet machine) and "
+        "update the result file.",
+    )
     arguments = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     output = WORK / f"model-{arguments.architecture}{arguments.tag}" if arguments.output is None else arguments.output
@@ -96,8 +115,14 @@ def main() -> None:
         return
     shutil.rmtree(output, ignore_errors=True)
     options = {key: json.loads(value) for key, value in (item.split("=", 1) for item in arguments.set)}
-    config = TrainingConfig(data=SCIFACT, output=output, architecture=arguments.architecture,
-                            query_layers=arguments.query_layers, progress_bar=False, **options)
+    config = TrainingConfig(
+        data=SCIFACT,
+        output=output,
+        architecture=arguments.architecture,
+        query_layers=arguments.query_layers,
+        progress_bar=False,
+        **options,
+    )
     baseline = None if arguments.skip_baseline else evaluate_on_test("all-MiniLM-L6-v2")
     load_before = os.getloadavg()[0]
     result = train(config)

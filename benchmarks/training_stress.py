@@ -135,10 +135,13 @@ def score_test(model: str) -> dict:
     scores = vectors @ documents.T
     top = np.argsort(-scores, axis=1)[:, :100]
     ranked = [[document_ids[i] for i in row] for row in top]
-    metrics = {name: round(float(values.mean()), 4)
-               for name, values in ranking_metrics(ranked, [qrels[q] for q in query_ids]).items()}
-    metrics["recall@100"] = round(float(np.mean([len(set(r) & qrels[q]) / len(qrels[q])
-                                                 for r, q in zip(ranked, query_ids)])), 4)
+    metrics = {
+        name: round(float(values.mean()), 4)
+        for name, values in ranking_metrics(ranked, [qrels[q] for q in query_ids]).items()
+    }
+    metrics["recall@100"] = round(
+        float(np.mean([len(set(r) & qrels[q]) / len(qrels[q]) for r, q in zip(ranked, query_ids)])), 4
+    )
     return {"metrics": metrics, "seconds": round(time.perf_counter() - started, 1)}
 
 
@@ -183,8 +186,13 @@ def main() -> None:
     parser.add_argument("command", choices=["build", "run", "score"])
     parser.add_argument("--tag", default="default")
     parser.add_argument("--model", default="all-MiniLM-L6-v2", help="score: the model to score on the test split.")
-    parser.add_argument("--set", action="append", default=[], metavar="OPTION=JSON",
-                        help="Any TrainingConfig option, e.g. --set max_steps=40 --set learning_rate=1e-3.")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="OPTION=JSON",
+        help="Any TrainingConfig option, e.g. --set max_steps=40 --set learning_rate=1e-3.",
+    )
     arguments = parser.parse_args()
     if arguments.command == "build":
         build()

@@ -37,11 +37,11 @@ from pathlib import Path
 
 import numpy as np
 from _common import RESULTS, summary, unit_vectors, write_result
-
-from dual_encoder.stores import StoredRecord
 from dual_encoder_weaviate.collection import CollectionSettings
 from dual_encoder_weaviate.server import WeaviateCluster, WeaviateServer
 from dual_encoder_weaviate.store import WeaviateStore
+
+from dual_encoder.stores import StoredRecord
 
 DIMENSION = 384
 CHUNK = 5000
@@ -50,8 +50,10 @@ REPLICATED = CollectionSettings(replication_factor=3)
 
 def make_records(count: int) -> list[StoredRecord]:
     vectors = unit_vectors(count, DIMENSION, seed=0)
-    return [StoredRecord(id=f"s{i}", content=f"synthetic document {i}", meta={"n": i}, embedding=vectors[i])
-            for i in range(count)]
+    return [
+        StoredRecord(id=f"s{i}", content=f"synthetic document {i}", meta={"n": i}, embedding=vectors[i])
+        for i in range(count)
+    ]
 
 
 def single_store(server: WeaviateServer, name: str) -> WeaviateStore:
@@ -59,8 +61,14 @@ def single_store(server: WeaviateServer, name: str) -> WeaviateStore:
 
 
 def cluster_store(cluster: WeaviateCluster, name: str) -> WeaviateStore:
-    return WeaviateStore(url=",".join(cluster.urls), grpc_port=cluster.grpc_ports, collection=name, timeout=30,
-                         consistency_level="QUORUM", settings=REPLICATED)
+    return WeaviateStore(
+        url=",".join(cluster.urls),
+        grpc_port=cluster.grpc_ports,
+        collection=name,
+        timeout=30,
+        consistency_level="QUORUM",
+        settings=REPLICATED,
+    )
 
 
 def ingest(store: WeaviateStore, records: list[StoredRecord]) -> float:
@@ -100,8 +108,9 @@ def wait_until_gone(cluster: WeaviateCluster, name: str, timeout: float = 60) ->
     raise SystemExit(f"{name} was not declared dead within {timeout} s")
 
 
-def run_scale(label: str, count: int, server: WeaviateServer, cluster: WeaviateCluster, queries: np.ndarray,
-              log) -> dict:
+def run_scale(
+    label: str, count: int, server: WeaviateServer, cluster: WeaviateCluster, queries: np.ndarray, log
+) -> dict:
     records = make_records(count)
     single, replicated = single_store(server, f"{label}Single"), cluster_store(cluster, f"{label}Cluster")
     result: dict = {"documents": count}
@@ -111,8 +120,12 @@ def run_scale(label: str, count: int, server: WeaviateServer, cluster: WeaviateC
     cluster_rate = ingest(replicated, records)
     result["healthy"] = {
         "ingest_docs_per_s": {"single_node": single_rate, "cluster_rf3_quorum": cluster_rate},
-        "query_vector_to_top10": dict(zip(("single_node", "cluster_rf3_quorum"),
-                                          alternate({"single": single, "cluster": replicated}, queries).values())),
+        "query_vector_to_top10": dict(
+            zip(
+                ("single_node", "cluster_rf3_quorum"),
+                alternate({"single": single, "cluster": replicated}, queries).values(),
+            )
+        ),
     }
     log(f"{label}: one node down")
     cluster.kill("node3")
@@ -128,8 +141,10 @@ def run_scale(label: str, count: int, server: WeaviateServer, cluster: WeaviateC
     result["one_node_down"] = {
         "node_declared_dead_after_s": declared_dead_s,
         "ingest_docs_per_s": {"single_node": single_rate, "cluster_rf3_quorum_2_of_3_nodes": degraded_rate},
-        "query_vector_to_top10": {"single_node": latency["single"],
-                                  "cluster_rf3_quorum_2_of_3_nodes": latency["cluster"]},
+        "query_vector_to_top10": {
+            "single_node": latency["single"],
+            "cluster_rf3_quorum_2_of_3_nodes": latency["cluster"],
+        },
     }
     single.close(), replicated.close()
     return result
@@ -152,8 +167,9 @@ def stock_text_embedder():
                 return {"embedding": model.encode([text], show_progress_bar=False)[0].tolist()}
 
         return Plain(), "SentenceTransformer.encode"
-    embedder = SentenceTransformersTextEmbedder(model=resolve_model_location("all-MiniLM-L6-v2"),
-                                                local_files_only=True, progress_bar=False)
+    embedder = SentenceTransformersTextEmbedder(
+        model=resolve_model_location("all-MiniLM-L6-v2"), local_files_only=True, progress_bar=False
+    )
     embedder.warm_up()
     return embedder, "SentenceTransformersTextEmbedder"
 
@@ -162,14 +178,14 @@ def breakdown(server: WeaviateServer, log, rounds: int = 2) -> dict:
     """Text -> top-10 at SciFact scale, split into query encoding and the store call, for ours and the peers."""
     from haystack import Document
     from haystack.document_stores.types import DuplicatePolicy
+    from haystack_integrations.components.embedders.dual_encoder import DualEncoderTextEmbedder
+    from haystack_integrations.components.retrievers.dual_encoder import DualEncoderRetriever, StoreEmbeddingRetriever
     from haystack_integrations.components.retrievers.weaviate import WeaviateEmbeddingRetriever
     from peers import load_scifact
     from weaviate_ingest_query import direct_store, ours_store
 
     from dual_encoder.encoder import DualEncoder
     from dual_encoder.fingerprint import DOCUMENT_SPACE_META_KEY
-    from haystack_integrations.components.embedders.dual_encoder import DualEncoderTextEmbedder
-    from haystack_integrations.components.retrievers.dual_encoder import DualEncoderRetriever, StoreEmbeddingRetriever
 
     data, corpus = load_scifact()
     queries = list(data.queries.values())
@@ -177,9 +193,13 @@ def breakdown(server: WeaviateServer, log, rounds: int = 2) -> dict:
     vectors = unit_vectors(len(corpus.ids), DIMENSION, seed=0)
     ours, direct = ours_store(server, "BreakdownOurs"), direct_store(server, "BreakdownDirect")
     for store, meta in ((ours, {DOCUMENT_SPACE_META_KEY: space}), (direct, {})):
-        store.write_documents([Document(id=i, content=t, meta=dict(meta, title=h), embedding=v.tolist())
-                               for i, t, h, v in zip(corpus.ids, corpus.texts, corpus.titles, vectors)],
-                              policy=DuplicatePolicy.OVERWRITE)
+        store.write_documents(
+            [
+                Document(id=i, content=t, meta=dict(meta, title=h), embedding=v.tolist())
+                for i, t, h, v in zip(corpus.ids, corpus.texts, corpus.titles, vectors)
+            ],
+            policy=DuplicatePolicy.OVERWRITE,
+        )
     log("breakdown: collections written")
     our_retriever = DualEncoderRetriever(retriever=StoreEmbeddingRetriever(document_store=ours), top_k=10)
     our_retriever.warm_up()
@@ -191,9 +211,11 @@ def breakdown(server: WeaviateServer, log, rounds: int = 2) -> dict:
     variants = {
         "ours_text_to_top10": lambda q: our_retriever.run(query=q),
         f"stock_weaviate_text_to_top10 ({stock_label})": lambda q: direct_retriever.run(
-            query_embedding=stock_text.run(text=q)["embedding"]),
+            query_embedding=stock_text.run(text=q)["embedding"]
+        ),
         "direct_weaviate_text_to_top10 (our text embedder)": lambda q: direct_retriever.run(
-            query_embedding=our_text.run(text=q)["embedding"]),
+            query_embedding=our_text.run(text=q)["embedding"]
+        ),
         "encode_only_ours": lambda q: our_text.run(text=q),
         f"encode_only_{stock_label}": lambda q: stock_text.run(text=q),
         "store_only_ours_haystack_adapter": lambda q: ours.embedding_retrieval(query_vectors[q], top_k=10),
@@ -213,9 +235,13 @@ def breakdown(server: WeaviateServer, log, rounds: int = 2) -> dict:
                 variants[name](query)
                 samples[name].append((time.perf_counter() - started) * 1000)
     ours.close(), direct.close()
-    return {"documents": len(corpus.ids), "queries": len(queries), "rounds": rounds,
-            "isolation": "one process, variants alternating query by query",
-            "text_to_top10": {name: summary(values) for name, values in samples.items()}}
+    return {
+        "documents": len(corpus.ids),
+        "queries": len(queries),
+        "rounds": rounds,
+        "isolation": "one process, variants alternating query by query",
+        "text_to_top10": {name: summary(values) for name, values in samples.items()},
+    }
 
 
 def main() -> None:
@@ -251,9 +277,14 @@ def main() -> None:
             cluster.stop()
             server.stop()
     result = {
-        "setup": {"cluster": "3 nodes on 127.0.0.1, replication factor 3, consistency QUORUM, async replication on",
-                  "single": "1 node, no replication", "dimension": DIMENSION, "queries": args.queries,
-                  "chunk": CHUNK, "vectors": "synthetic unit vectors, seed 0 (queries seed 1)"},
+        "setup": {
+            "cluster": "3 nodes on 127.0.0.1, replication factor 3, consistency QUORUM, async replication on",
+            "single": "1 node, no replication",
+            "dimension": DIMENSION,
+            "queries": args.queries,
+            "chunk": CHUNK,
+            "vectors": "synthetic unit vectors, seed 0 (queries seed 1)",
+        },
         "load_average_start": [round(x, 2) for x in load_start],
         "load_average_end": [round(x, 2) for x in os.getloadavg()],
         "wall_minutes": round((time.monotonic() - started) / 60, 1),

@@ -24,17 +24,17 @@ import tempfile
 import time
 
 from _common import scifact_documents_embedded, summary, timed, unit_vectors, write_result
+from dual_encoder_weaviate.server import WeaviateServer
 from haystack import Document
 from haystack.document_stores.types import DuplicatePolicy
-
-from dual_encoder.fingerprint import DOCUMENT_SPACE_META_KEY
-from dual_encoder_weaviate.server import WeaviateServer
 from haystack_integrations.components.embedders.dual_encoder import DualEncoderTextEmbedder
 from haystack_integrations.components.retrievers.dual_encoder import DualEncoderRetriever, StoreEmbeddingRetriever
 from haystack_integrations.components.retrievers.weaviate import WeaviateEmbeddingRetriever
 from haystack_integrations.document_stores.dual_encoder import DualEncoderWeaviateDocumentStore
 from haystack_integrations.document_stores.weaviate import WeaviateDocumentStore
 from haystack_integrations.document_stores.weaviate.document_store import DOCUMENT_COLLECTION_PROPERTIES
+
+from dual_encoder.fingerprint import DOCUMENT_SPACE_META_KEY
 
 
 def direct_store(server: WeaviateServer, name: str) -> WeaviateDocumentStore:
@@ -46,14 +46,20 @@ def direct_store(server: WeaviateServer, name: str) -> WeaviateDocumentStore:
     return WeaviateDocumentStore(
         url=server.url,
         grpc_port=server.ports.grpc,
-        collection_settings={"class": name, "vectorizer": "none", "vectorIndexConfig": {"distance": "cosine"},
-                             "invertedIndexConfig": {"indexNullState": True}, "properties": properties},
+        collection_settings={
+            "class": name,
+            "vectorizer": "none",
+            "vectorIndexConfig": {"distance": "cosine"},
+            "invertedIndexConfig": {"indexNullState": True},
+            "properties": properties,
+        },
     )
 
 
 def ours_store(server: WeaviateServer, name: str) -> DualEncoderWeaviateDocumentStore:
-    return DualEncoderWeaviateDocumentStore(url=server.url, grpc_port=server.ports.grpc, collection_name=name,
-                                            meta_fields={"title": "text"})
+    return DualEncoderWeaviateDocumentStore(
+        url=server.url, grpc_port=server.ports.grpc, collection_name=name, meta_fields={"title": "text"}
+    )
 
 
 def ingest(store, documents: list[Document], chunk: int = 5000) -> float:
@@ -101,11 +107,18 @@ def compare(server: WeaviateServer, label: str, documents: list[Document], queri
     direct_ingest = sorted(direct_rates)[len(direct_rates) // 2]
     return {
         "documents": len(documents),
-        "ingest_docs_per_s": {"ours_median": round(ours_ingest), "direct_median": round(direct_ingest),
-                              "ours_all": [round(r) for r in ours_rates], "direct_all": [round(r) for r in direct_rates],
-                              "ratio_ours_over_direct": round(ours_ingest / direct_ingest, 2)},
-        "query_text_to_top10": {"ours": ours_query, "direct": direct_query,
-                                "ratio_direct_over_ours_p50": round(direct_query["p50_ms"] / ours_query["p50_ms"], 2)},
+        "ingest_docs_per_s": {
+            "ours_median": round(ours_ingest),
+            "direct_median": round(direct_ingest),
+            "ours_all": [round(r) for r in ours_rates],
+            "direct_all": [round(r) for r in direct_rates],
+            "ratio_ours_over_direct": round(ours_ingest / direct_ingest, 2),
+        },
+        "query_text_to_top10": {
+            "ours": ours_query,
+            "direct": direct_query,
+            "ratio_direct_over_ours_p50": round(direct_query["p50_ms"] / ours_query["p50_ms"], 2),
+        },
     }
 
 
@@ -118,8 +131,12 @@ def main() -> None:
     queries = list(data.queries.values())
     vectors = unit_vectors(args.synthetic, 384, seed=0)
     synthetic = [
-        Document(id=f"s{i}", content=f"synthetic document {i}", meta={DOCUMENT_SPACE_META_KEY: scifact[0].meta[DOCUMENT_SPACE_META_KEY]},
-                 embedding=vectors[i].tolist())
+        Document(
+            id=f"s{i}",
+            content=f"synthetic document {i}",
+            meta={DOCUMENT_SPACE_META_KEY: scifact[0].meta[DOCUMENT_SPACE_META_KEY]},
+            embedding=vectors[i].tolist(),
+        )
         for i in range(args.synthetic)
     ]
     del vectors

@@ -22,7 +22,6 @@ from haystack import Document, Pipeline
 from haystack.components.builders import PromptBuilder
 from haystack.components.writers import DocumentWriter
 from haystack.document_stores.types import DuplicatePolicy
-
 from haystack_integrations.components.embedders.dual_encoder import DualEncoderDocumentEmbedder
 from haystack_integrations.components.retrievers.dual_encoder import DualEncoderRetriever, StoreEmbeddingRetriever
 from haystack_integrations.document_stores.dual_encoder import DualEncoderWeaviateDocumentStore, EmbeddedDocumentStore
@@ -42,7 +41,9 @@ Answer:"""
 
 def weaviate_store() -> DualEncoderWeaviateDocumentStore:
     """URL and API key come from WEAVIATE_URL / WEAVIATE_API_KEY: never written into the YAML."""
-    return DualEncoderWeaviateDocumentStore(collection_name="SamplePassages", meta_fields={"title": "text", "topic": "text"})
+    return DualEncoderWeaviateDocumentStore(
+        collection_name="SamplePassages", meta_fields={"title": "text", "topic": "text"}
+    )
 
 
 def build_indexing_pipeline(store_path: str = STORE_PATH, *, weaviate: bool = False) -> Pipeline:

@@ -16,7 +16,6 @@ from pathlib import Path
 
 from haystack import Pipeline
 from haystack.components.builders import PromptBuilder
-
 from haystack_integrations.components.retrievers.dual_encoder import DualEncoderHybridRetriever
 from haystack_integrations.document_stores.dual_encoder import EmbeddedDocumentStore
 

@@ -68,9 +68,9 @@ def scifact_folder() -> Path:
 def scifact_embedded(scifact_folder):
     """SciFact test split and its corpus embedded once through DualEncoderDocumentEmbedder (title + text)."""
     from haystack import Document
+    from haystack_integrations.components.embedders.dual_encoder import DualEncoderDocumentEmbedder
 
     from dual_encoder.evaluation import load_beir
-    from haystack_integrations.components.embedders.dual_encoder import DualEncoderDocumentEmbedder
 
     data = load_beir(scifact_folder, split="test")
     documents = [Document(id=d.id, content=d.text, meta={"title": d.title}) for d in data.corpus.values()]

@@ -8,19 +8,29 @@ from haystack import Document
 from haystack.components.retrievers.in_memory import InMemoryEmbeddingRetriever
 from haystack.document_stores.in_memory import InMemoryDocumentStore
 from haystack.errors import FilterError
+from haystack_integrations.components.embedders.dual_encoder import DualEncoderDocumentEmbedder, DualEncoderTextEmbedder
+from haystack_integrations.components.retrievers.dual_encoder import DualEncoderRetriever, StoreEmbeddingRetriever
+from haystack_integrations.document_stores.dual_encoder import EmbeddedDocumentStore
 
 from dual_encoder.config import EncoderConfig
 from dual_encoder.errors import DimensionMismatchError, EncoderMismatchError
 from dual_encoder.fingerprint import DOCUMENT_SPACE_META_KEY, EMBEDDED_INPUT_META_KEY
 from dual_encoder.models import shared_model_count
-from haystack_integrations.components.embedders.dual_encoder import DualEncoderDocumentEmbedder, DualEncoderTextEmbedder
-from haystack_integrations.components.retrievers.dual_encoder import DualEncoderRetriever, StoreEmbeddingRetriever
-from haystack_integrations.document_stores.dual_encoder import EmbeddedDocumentStore
 
 DOCS = [
-    Document(id="tides", content="Tides are caused by the Moon's gravity pulling on the oceans.", meta={"topic": "sea", "year": 2020}),
-    Document(id="bread", content="A sourdough starter needs flour and water every day.", meta={"topic": "food", "year": 2021}),
-    Document(id="stars", content="Stars shine because of nuclear fusion in their cores.", meta={"topic": "space", "year": 2022}),
+    Document(
+        id="tides",
+        content="Tides are caused by the Moon's gravity pulling on the oceans.",
+        meta={"topic": "sea", "year": 2020},
+    ),
+    Document(
+        id="bread", content="A sourdough starter needs flour and water every day.", meta={"topic": "food", "year": 2021}
+    ),
+    Document(
+        id="stars",
+        content="Stars shine because of nuclear fusion in their cores.",
+        meta={"topic": "space", "year": 2022},
+    ),
 ]
 
 
@@ -51,7 +61,9 @@ def test_document_embedder_adds_embedding_and_fingerprint(embedded_docs, minilm)
 
 
 def test_meta_fields_are_embedded_with_the_content(minilm):
-    embedder = DualEncoderDocumentEmbedder(meta_fields_to_embed=["topic", "year"], embedding_separator=" | ", progress_bar=False)
+    embedder = DualEncoderDocumentEmbedder(
+        meta_fields_to_embed=["topic", "year"], embedding_separator=" | ", progress_bar=False
+    )
     document = embedder.run(documents=[DOCS[0]])["documents"][0]
     expected = minilm.encode_documents([f"sea | 2020 | {DOCS[0].content}"])[0]
     np.testing.assert_allclose(document.embedding, expected, atol=1e-6)
@@ -130,7 +142,9 @@ def test_documents_fresh_from_a_converter_reuse_stored_embeddings(store_kind, tm
     assert all(doc.embedding is not None for doc in result)
 
 
-def test_stored_embeddings_of_another_encoder_are_not_reused(tmp_path, other_space_model_dir, embedded_docs, monkeypatch):
+def test_stored_embeddings_of_another_encoder_are_not_reused(
+    tmp_path, other_space_model_dir, embedded_docs, monkeypatch
+):
     store = EmbeddedDocumentStore(path=str(tmp_path / "store"))
     store.write_documents(embedded_docs)
     embedder = DualEncoderDocumentEmbedder(encoder=str(other_space_model_dir), progress_bar=False, document_store=store)
@@ -255,13 +269,20 @@ async def test_async_matches_sync(store, embedded_docs):
     text = DualEncoderTextEmbedder()
     assert (await text.run_async(text="fusion"))["embedding"] == text.run(text="fusion")["embedding"]
     embedder = DualEncoderDocumentEmbedder(progress_bar=False)
-    assert [d.embedding for d in (await embedder.run_async(documents=DOCS))["documents"]] == [d.embedding for d in embedded_docs]
+    assert [d.embedding for d in (await embedder.run_async(documents=DOCS))["documents"]] == [
+        d.embedding for d in embedded_docs
+    ]
 
 
 def test_run_and_run_async_have_identical_signatures():
     import inspect
 
-    for component in (DualEncoderDocumentEmbedder, DualEncoderTextEmbedder, DualEncoderRetriever, StoreEmbeddingRetriever):
+    for component in (
+        DualEncoderDocumentEmbedder,
+        DualEncoderTextEmbedder,
+        DualEncoderRetriever,
+        StoreEmbeddingRetriever,
+    ):
         assert inspect.signature(component.run) == inspect.signature(component.run_async)
 
 
@@ -301,7 +322,10 @@ def test_document_embedder_round_trips_every_parameter():
     )
     data = component.to_dict()
     assert data["init_parameters"] == {
-        "encoder": SERIALIZED_ENCODER, "meta_fields_to_embed": ["title"], "embedding_separator": " ", "progress_bar": False,
+        "encoder": SERIALIZED_ENCODER,
+        "meta_fields_to_embed": ["title"],
+        "embedding_separator": " ",
+        "progress_bar": False,
         "document_store": None,
     }
     assert DualEncoderDocumentEmbedder.from_dict(data).to_dict() == data
@@ -326,8 +350,11 @@ def test_text_embedder_round_trips_every_parameter():
 def test_retriever_round_trips_every_parameter(tmp_path):
     store = EmbeddedDocumentStore(path=str(tmp_path), similarity="cosine")
     inner = StoreEmbeddingRetriever(
-        document_store=store, filters={"field": "meta.a", "operator": "==", "value": 1}, top_k=4,
-        filter_policy="merge", return_embedding=True,
+        document_store=store,
+        filters={"field": "meta.a", "operator": "==", "value": 1},
+        top_k=4,
+        filter_policy="merge",
+        return_embedding=True,
     )
     component = DualEncoderRetriever(retriever=inner, encoder=ENCODER, top_k=5)
     data = component.to_dict()

@@ -46,8 +46,14 @@ def test_unknown_key_is_refused_with_the_valid_ones_listed():
 @pytest.mark.parametrize(
     "field, value",
     [
-        ("similarity", "euclidean"), ("batch_size", 0), ("max_seq_length", -1), ("model", "  "), ("normalize", "yes"),
-        ("query_prompt_name", ""), ("document_prompt_name", 3), ("encode_kwargs", ["batch_size"]),
+        ("similarity", "euclidean"),
+        ("batch_size", 0),
+        ("max_seq_length", -1),
+        ("model", "  "),
+        ("normalize", "yes"),
+        ("query_prompt_name", ""),
+        ("document_prompt_name", 3),
+        ("encode_kwargs", ["batch_size"]),
     ],
 )
 def test_invalid_values_are_refused(field, value):

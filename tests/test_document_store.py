@@ -17,7 +17,6 @@ from haystack.testing.document_store_async import (
     UpdateByFilterAsyncTest,
     WriteDocumentsAsyncTest,
 )
-
 from haystack_integrations.document_stores.dual_encoder import EmbeddedDocumentStore
 
 
@@ -46,7 +45,9 @@ class TestEmbeddedDocumentStore(
             if want.embedding is None:
                 assert got.embedding is None
             else:
-                assert all(math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-7) for a, b in zip(got.embedding, want.embedding))
+                assert all(
+                    math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-7) for a, b in zip(got.embedding, want.embedding)
+                )
 
     def test_write_documents(self, document_store):
         """Default policy NONE behaves like FAIL, as in Haystack's InMemoryDocumentStore."""

@@ -8,7 +8,7 @@ on some row. Random documents and filters cover every operator, nesting, mixed t
 from __future__ import annotations
 
 import random
-from datetime import date, datetime, timedelta, timezone, tzinfo
+from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 
 import numpy as np
 import pytest
@@ -23,13 +23,44 @@ NAN = float("nan")
 # Values a meta field may hold (JSON data), chosen so that types collide: 1 == 1.0 == True, dates written in
 # several ISO spellings and zones, strings only dateutil's lenient parser reads, ints beyond float precision.
 SCALARS = [
-    None, 0, 1, -2, 3, 7, 2**53, 2**53 + 1, -(2**60) - 1, 10**400,
-    0.0, 1.0, 2.5, -0.5, 1e300, NAN,
-    True, False,
-    "a", "b", "en", "", "1", "100", "March 2020", "abc 12", "2020-13-01",
-    "2020-01-01", "2020-01-01T00:00:00", "2020-01-01T10:00:00", "2020-01-01 10:00", "2020-01-01T10:00:00+02:00",
-    "2020-01-01T08:00:00Z", "2020-01-01T08:00:00+00:00", "2019-12-31T23:59:59.999999", "1969-07-21T20:17:40",
-    "2021-06-15T12:30:00-05:00", "2020-01-01T24:00:00",
+    None,
+    0,
+    1,
+    -2,
+    3,
+    7,
+    2**53,
+    2**53 + 1,
+    -(2**60) - 1,
+    10**400,
+    0.0,
+    1.0,
+    2.5,
+    -0.5,
+    1e300,
+    NAN,
+    True,
+    False,
+    "a",
+    "b",
+    "en",
+    "",
+    "1",
+    "100",
+    "March 2020",
+    "abc 12",
+    "2020-13-01",
+    "2020-01-01",
+    "2020-01-01T00:00:00",
+    "2020-01-01T10:00:00",
+    "2020-01-01 10:00",
+    "2020-01-01T10:00:00+02:00",
+    "2020-01-01T08:00:00Z",
+    "2020-01-01T08:00:00+00:00",
+    "2019-12-31T23:59:59.999999",
+    "1969-07-21T20:17:40",
+    "2021-06-15T12:30:00-05:00",
+    "2020-01-01T24:00:00",
 ]
 COMPOUND = [[1, 2], ["a"], [], [1.0, 2.0], {"x": 1}, {"x": "a", "y": [1]}, [None]]
 
@@ -48,13 +79,31 @@ class SeasonalZone(tzinfo):
 
 
 FILTER_EXTRAS = [
-    datetime(2020, 1, 1, 10, 0), datetime(2020, 1, 1, 8, 0, tzinfo=timezone.utc),
-    datetime(2020, 1, 1, 10, 0, tzinfo=timezone(timedelta(hours=2))), 2**53 - 1, -(2**60), 1.5,
-    datetime(2020, 1, 1, 9, 0, tzinfo=SeasonalZone()), datetime(2021, 6, 15, 19, 30, tzinfo=SeasonalZone()),
-    date(2020, 1, 1), (1, 2),
+    datetime(2020, 1, 1, 10, 0),
+    datetime(2020, 1, 1, 8, 0, tzinfo=UTC),
+    datetime(2020, 1, 1, 10, 0, tzinfo=timezone(timedelta(hours=2))),
+    2**53 - 1,
+    -(2**60),
+    1.5,
+    datetime(2020, 1, 1, 9, 0, tzinfo=SeasonalZone()),
+    datetime(2021, 6, 15, 19, 30, tzinfo=SeasonalZone()),
+    date(2020, 1, 1),
+    (1, 2),
 ]
-FIELDS = ["meta.f", "f", "meta.g", "meta.n.x", "meta.n", "meta.n.y.z", "id", "content", "other.x", "meta.absent",
-          "meta", "meta.h"]
+FIELDS = [
+    "meta.f",
+    "f",
+    "meta.g",
+    "meta.n.x",
+    "meta.n",
+    "meta.n.y.z",
+    "id",
+    "content",
+    "other.x",
+    "meta.absent",
+    "meta",
+    "meta.h",
+]
 COMPARISONS = ["==", "!=", ">", ">=", "<", "<=", "in", "not in"]
 
 
@@ -72,8 +121,11 @@ def random_meta(rng: random.Random, style: str) -> dict | None:
         pool = [value for value in SCALARS if isinstance(value, str) and value[:4].isdigit()] + [None]
         return {"f": rng.choice(pool), "g": rng.choice(pool)}
     if style == "clean_dates":  # only strings both parsers read, so ordering filters give masks
-        pool = [value for value in SCALARS if isinstance(value, str) and value[:4].isdigit()
-                and value not in ("2020-13-01", "2020-01-01T24:00:00")] + [None]
+        pool = [
+            value
+            for value in SCALARS
+            if isinstance(value, str) and value[:4].isdigit() and value not in ("2020-13-01", "2020-01-01T24:00:00")
+        ] + [None]
         return {"f": rng.choice(pool), "g": rng.choice(pool)} if rng.random() < 0.9 else {}
     meta: dict = {}
     for key in ("f", "g", "h", "meta"):
@@ -91,8 +143,11 @@ def random_meta(rng: random.Random, style: str) -> dict | None:
 
 def random_record(rng: random.Random, number: int, style: str) -> tuple:
     content = rng.choice([f"text {number}", None, "2020-01-01", "a"])
-    return (f"doc-{number}" if rng.random() < 0.9 else rng.choice(["a", "2020-01-01"]), content,
-            random_meta(rng, style))
+    return (
+        f"doc-{number}" if rng.random() < 0.9 else rng.choice(["a", "2020-01-01"]),
+        content,
+        random_meta(rng, style),
+    )
 
 
 def random_filter_value(rng: random.Random, operator: str) -> object:
@@ -124,9 +179,10 @@ def reference(rows: dict[int, tuple], filters: dict | None, size: int) -> np.nda
     expected = np.zeros(size, bool)
     for position, (identifier, content, meta) in rows.items():
         try:
-            expected[position] = True if predicate is None else predicate(
-                {"id": identifier, "content": content, "meta": meta})
-        except Exception as error:  # noqa: BLE001 - the exception type itself is what is compared
+            expected[position] = (
+                True if predicate is None else predicate({"id": identifier, "content": content, "meta": meta})
+            )
+        except Exception as error:
             return type(error)
     return expected
 
@@ -157,16 +213,18 @@ def layout(request, monkeypatch) -> str:
     return request.param
 
 
-@pytest.mark.parametrize("style, seed", [("mixed", 1), ("mixed", 2), ("mixed", 3), ("numbers", 4), ("dates", 5),
-                                         ("clean_dates", 6)])
+@pytest.mark.parametrize(
+    "style, seed", [("mixed", 1), ("mixed", 2), ("mixed", 3), ("numbers", 4), ("dates", 5), ("clean_dates", 6)]
+)
 def test_random_filters_match_reference_through_updates(style: str, seed: int, layout: str) -> None:
     rng = random.Random(seed)
     rows: dict[int, tuple] = {}
 
     def source(field: str) -> tuple[list[int], list]:
         read = _field_reader(field)
-        return list(rows), [read({"id": identifier, "content": content, "meta": meta})
-                            for identifier, content, meta in rows.values()]
+        return list(rows), [
+            read({"id": identifier, "content": content, "meta": meta}) for identifier, content, meta in rows.values()
+        ]
 
     # Even seeds: nothing per row is kept, fields come from the owner on demand.
     columns = MetaColumns(source if seed % 2 == 0 else None)
@@ -210,14 +268,27 @@ def test_ordering_with_numbers_and_dates_mostly_matches_not_raises(layout: str) 
 
 
 def test_date_columns_compare_as_instants_with_reference_zone_alignment(layout: str) -> None:
-    dates = ["2020-01-01T10:00:00", "2020-01-01T10:00:00+02:00", "2020-01-01T08:00:00Z", "2020-01-01",
-             "2019-12-31T23:00:00-05:00", "2020-01-01T24:00:00", None]
+    dates = [
+        "2020-01-01T10:00:00",
+        "2020-01-01T10:00:00+02:00",
+        "2020-01-01T08:00:00Z",
+        "2020-01-01",
+        "2019-12-31T23:00:00-05:00",
+        "2020-01-01T24:00:00",
+        None,
+    ]
     columns = MetaColumns()
     records = [(str(i), None, {"date": value}) for i, value in enumerate(dates)]
     columns.set_rows(range(len(records)), records)
     rows = dict(enumerate(records))
-    for value in ["2020-01-01T10:00:00", "2020-01-01T08:00:00+00:00", "2020-01-01T12:00:00+02:00", "2020-01-02",
-                  datetime(2020, 1, 1, 10), datetime(2020, 1, 1, 8, tzinfo=timezone.utc)]:
+    for value in [
+        "2020-01-01T10:00:00",
+        "2020-01-01T08:00:00+00:00",
+        "2020-01-01T12:00:00+02:00",
+        "2020-01-02",
+        datetime(2020, 1, 1, 10),
+        datetime(2020, 1, 1, 8, tzinfo=UTC),
+    ]:
         for operator in COMPARISONS:
             filter_value = [value, "x"] if operator in ("in", "not in") else value
             outcome = check(columns, rows, {"field": "meta.date", "operator": operator, "value": filter_value})
@@ -271,25 +342,54 @@ def matching_ids(columns: MetaColumns, records: list[tuple], filters: dict | Non
         ({"field": "meta.number", "operator": "<=", "value": 0}, lambda m: number(m) is not None and number(m) <= 0),
         ({"field": "meta.number", "operator": ">", "value": None}, lambda m: False),
         ({"field": "meta.number", "operator": "<=", "value": None}, lambda m: False),
-        ({"field": "meta.date", "operator": ">", "value": "1972-12-11T19:54:58"},
-         lambda m: m.get("date") is not None and parsed(m) > datetime(1972, 12, 11, 19, 54, 58)),
-        ({"field": "meta.date", "operator": ">=", "value": "1969-07-21T20:17:40"},
-         lambda m: m.get("date") is not None and parsed(m) >= datetime(1969, 7, 21, 20, 17, 40)),
-        ({"field": "meta.date", "operator": "<", "value": "1969-07-21T20:17:40"},
-         lambda m: m.get("date") is not None and parsed(m) < datetime(1969, 7, 21, 20, 17, 40)),
-        ({"field": "meta.date", "operator": "<=", "value": "1969-07-21T20:17:40"},
-         lambda m: m.get("date") is not None and parsed(m) <= datetime(1969, 7, 21, 20, 17, 40)),
+        (
+            {"field": "meta.date", "operator": ">", "value": "1972-12-11T19:54:58"},
+            lambda m: m.get("date") is not None and parsed(m) > datetime(1972, 12, 11, 19, 54, 58),
+        ),
+        (
+            {"field": "meta.date", "operator": ">=", "value": "1969-07-21T20:17:40"},
+            lambda m: m.get("date") is not None and parsed(m) >= datetime(1969, 7, 21, 20, 17, 40),
+        ),
+        (
+            {"field": "meta.date", "operator": "<", "value": "1969-07-21T20:17:40"},
+            lambda m: m.get("date") is not None and parsed(m) < datetime(1969, 7, 21, 20, 17, 40),
+        ),
+        (
+            {"field": "meta.date", "operator": "<=", "value": "1969-07-21T20:17:40"},
+            lambda m: m.get("date") is not None and parsed(m) <= datetime(1969, 7, 21, 20, 17, 40),
+        ),
         ({"field": "meta.number", "operator": "in", "value": [10, -10]}, lambda m: m.get("number") in [10, -10]),
         ({"field": "meta.number", "operator": "not in", "value": [9, 10]}, lambda m: m.get("number") not in [9, 10]),
-        ({"operator": "AND", "conditions": [{"field": "meta.number", "operator": "==", "value": 100},
-                                            {"field": "meta.name", "operator": "==", "value": "name_0"}]},
-         lambda m: m.get("number") == 100 and m.get("name") == "name_0"),
-        ({"operator": "OR", "conditions": [{"field": "meta.number", "operator": "==", "value": 100},
-                                           {"field": "meta.name", "operator": "==", "value": "name_0"}]},
-         lambda m: m.get("number") == 100 or m.get("name") == "name_0"),
-        ({"operator": "NOT", "conditions": [{"field": "meta.number", "operator": "==", "value": 100},
-                                            {"field": "meta.name", "operator": "==", "value": "name_0"}]},
-         lambda m: not (m.get("number") == 100 and m.get("name") == "name_0")),
+        (
+            {
+                "operator": "AND",
+                "conditions": [
+                    {"field": "meta.number", "operator": "==", "value": 100},
+                    {"field": "meta.name", "operator": "==", "value": "name_0"},
+                ],
+            },
+            lambda m: m.get("number") == 100 and m.get("name") == "name_0",
+        ),
+        (
+            {
+                "operator": "OR",
+                "conditions": [
+                    {"field": "meta.number", "operator": "==", "value": 100},
+                    {"field": "meta.name", "operator": "==", "value": "name_0"},
+                ],
+            },
+            lambda m: m.get("number") == 100 or m.get("name") == "name_0",
+        ),
+        (
+            {
+                "operator": "NOT",
+                "conditions": [
+                    {"field": "meta.number", "operator": "==", "value": 100},
+                    {"field": "meta.name", "operator": "==", "value": "name_0"},
+                ],
+            },
+            lambda m: not (m.get("number") == 100 and m.get("name") == "name_0"),
+        ),
         (None, lambda m: True),
         ({}, lambda m: True),
     ],
@@ -341,8 +441,16 @@ def test_ordering_error_needs_a_row_that_is_evaluated(layout: str) -> None:
 
 def test_missing_fields_none_and_cross_type_equality(layout: str) -> None:
     columns = MetaColumns()
-    records = [("a", "x", {"v": 1}), ("b", "y", {"v": 1.0}), ("c", None, {"v": True}), ("d", None, {"v": "1"}),
-               ("e", None, {}), ("f", None, {"v": None}), ("g", None, None), ("h", None, {"v": [1]})]
+    records = [
+        ("a", "x", {"v": 1}),
+        ("b", "y", {"v": 1.0}),
+        ("c", None, {"v": True}),
+        ("d", None, {"v": "1"}),
+        ("e", None, {}),
+        ("f", None, {"v": None}),
+        ("g", None, None),
+        ("h", None, {"v": [1]}),
+    ]
     columns.set_rows(range(len(records)), records)
     size = len(records)
     assert columns.mask({"field": "v", "operator": "==", "value": 1}, size).tolist() == [1, 1, 1, 0, 0, 0, 0, 0]
@@ -404,8 +512,15 @@ def test_string_dictionary_is_rebuilt_after_many_distinct_overwrites(monkeypatch
 
 def test_bulk_writes_and_ranges_update_built_columns(layout: str) -> None:
     rng = random.Random(5)
-    clean_dates = ["2020-01-01", "2020-01-01T10:00:00", "2020-01-01T10:00:00+02:00", "2020-01-01T08:00:00Z",
-                   "2019-12-31T23:59:59.999999", "2021-06-15T12:30:00-05:00", None]
+    clean_dates = [
+        "2020-01-01",
+        "2020-01-01T10:00:00",
+        "2020-01-01T10:00:00+02:00",
+        "2020-01-01T08:00:00Z",
+        "2019-12-31T23:59:59.999999",
+        "2021-06-15T12:30:00-05:00",
+        None,
+    ]
 
     def record(number: int, style: str) -> tuple:
         identifier, content, meta = random_record(rng, number, style)
@@ -414,8 +529,11 @@ def test_bulk_writes_and_ranges_update_built_columns(layout: str) -> None:
     columns = MetaColumns()
     rows = {position: record(position, "mixed") for position in range(300)}
     columns.set_rows(range(300), list(rows.values()))
-    on_dates = [{"field": "d", "operator": operator, "value": value} for operator in COMPARISONS[2:6]
-                for value in ("2020-01-01T09:00:00", "2020-01-01T12:00:00+01:00")]
+    on_dates = [
+        {"field": "d", "operator": operator, "value": value}
+        for operator in COMPARISONS[2:6]
+        for value in ("2020-01-01T09:00:00", "2020-01-01T12:00:00+01:00")
+    ]
     filters = [random_filter(rng) for _ in range(80)] + on_dates
     for condition in filters:
         check(columns, rows, condition)
@@ -442,8 +560,10 @@ def test_set_rows_rejects_mismatched_arguments() -> None:
 
 def test_in_with_long_lists_of_strings_and_numbers(layout: str) -> None:
     words = [f"w{i}" for i in range(12)]
-    records = [(str(i), None, {"tag": words[i % 12] if i % 5 else i % 7, "n": i % 9 if i % 4 else words[i % 12]})
-               for i in range(200)]
+    records = [
+        (str(i), None, {"tag": words[i % 12] if i % 5 else i % 7, "n": i % 9 if i % 4 else words[i % 12]})
+        for i in range(200)
+    ]
     columns = MetaColumns()
     columns.set_rows(range(200), records)
     rows = dict(enumerate(records))
@@ -457,8 +577,11 @@ def test_zone_aware_dates_arriving_after_ordering_on_naive_ones(layout: str) -> 
     columns = MetaColumns()
     rows = {i: (str(i), None, {"d": f"2020-01-{1 + i % 28:02d}T{i % 24:02d}:00:00"}) for i in range(100)}
     columns.set_rows(list(rows), list(rows.values()))
-    filters = [{"field": "d", "operator": operator, "value": value} for operator in (">", "<=")
-               for value in ("2020-01-10T05:00:00", "2020-01-10T05:00:00+03:00")]
+    filters = [
+        {"field": "d", "operator": operator, "value": value}
+        for operator in (">", "<=")
+        for value in ("2020-01-10T05:00:00", "2020-01-10T05:00:00+03:00")
+    ]
     for condition in filters:
         assert check(columns, rows, condition) == "matched"
     rows[7] = ("7", None, {"d": "2020-01-10T07:00:00+03:00"})  # one small write, then a bulk one
@@ -483,16 +606,19 @@ def test_values_source_builds_columns_on_demand_and_keeps_them_current(layout: s
     def source(field: str) -> tuple[np.ndarray, list]:
         calls.append(field)
         read = _field_reader(field)
-        values = [read({"id": identifier, "content": content, "meta": meta})
-                  for identifier, content, meta in stored.values()]
+        values = [
+            read({"id": identifier, "content": content, "meta": meta}) for identifier, content, meta in stored.values()
+        ]
         # As SQLite's json_extract answers: JSON true/false come back as 1/0.
         return np.array(list(stored)), [int(value) if type(value) is bool else value for value in values]
 
     columns = MetaColumns(values=source)
     columns.set_rows(np.array(list(stored)), [(None, None, None)] * len(stored))  # declares the slots only
-    filters = [{"field": "year", "operator": ">=", "value": 2015},
-               {"field": "meta.flag", "operator": "==", "value": True},
-               {"field": "meta.tags.lang", "operator": "in", "value": ["de"]}]
+    filters = [
+        {"field": "year", "operator": ">=", "value": 2015},
+        {"field": "meta.flag", "operator": "==", "value": True},
+        {"field": "meta.tags.lang", "operator": "in", "value": ["de"]},
+    ]
     for condition in filters:
         assert check(columns, stored, condition) == "matched"
     assert calls == ["meta.year", "meta.flag", "meta.tags.lang"]

@@ -85,9 +85,7 @@ def test_kill_9_during_writes_loses_no_returned_write(tmp_path, codes_from):
     start = 0
     extra = [] if codes_from is None else [str(codes_from)]
     for round_ in range(3):
-        child = _run_child(
-            _WRITER, str(path), "w", str(start), str(start + 10_000), *extra, stdout=subprocess.PIPE
-        )
+        child = _run_child(_WRITER, str(path), "w", str(start), str(start + 10_000), *extra, stdout=subprocess.PIPE)
         deadline = time.monotonic() + 60
         wanted = 4 + 3 * round_
         seen = 0
@@ -220,9 +218,7 @@ def test_second_writer_gets_a_clear_error_then_succeeds(tmp_path):
 def test_two_writer_processes_interleave_without_corruption(tmp_path):
     path = tmp_path / "store"
     EmbeddedStore(path).close()
-    children = [
-        _run_child(_WRITER, str(path), prefix, "0", "25", stdout=subprocess.PIPE) for prefix in ("a", "b")
-    ]
+    children = [_run_child(_WRITER, str(path), prefix, "0", "25", stdout=subprocess.PIPE) for prefix in ("a", "b")]
     reader = EmbeddedStore(path)
     rng = np.random.default_rng(5)
     while any(child.poll() is None for child in children):
@@ -232,8 +228,9 @@ def test_two_writer_processes_interleave_without_corruption(tmp_path):
             key, version = hit.record.content.rsplit("@", 1)
             np.testing.assert_array_equal(hit.record.embedding, _vector(key, int(version)))
             vector = hit.record.embedding
-            assert hit.score == pytest.approx(float(vector @ query / np.linalg.norm(vector) / np.linalg.norm(query)),
-                                              abs=1e-5)
+            assert hit.score == pytest.approx(
+                float(vector @ query / np.linalg.norm(vector) / np.linalg.norm(query)), abs=1e-5
+            )
         time.sleep(0.005)
     for child in children:
         out, _ = child.communicate(timeout=60)

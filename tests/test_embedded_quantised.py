@@ -11,9 +11,9 @@ import pytest
 
 pytest.importorskip("faiss")
 
-from dual_encoder.embedded import EmbeddedStore  # noqa: E402
-from dual_encoder.embedded.quantised import QuantisedVectors  # noqa: E402
-from dual_encoder.stores.contract import StoredRecord  # noqa: E402
+from dual_encoder.embedded import EmbeddedStore
+from dual_encoder.embedded.quantised import QuantisedVectors
+from dual_encoder.stores.contract import StoredRecord
 
 YEAR_FILTER = {"field": "meta.year", "operator": ">=", "value": 2015}
 SOURCE_FILTER = {"field": "meta.source", "operator": "in", "value": ["web", "book"]}
@@ -248,8 +248,7 @@ def _both_paths(store: EmbeddedStore, query: np.ndarray, filters=None, top_k: in
 def _assert_same(with_codes, plain):
     assert with_codes.method == plain.method == "exact"
     assert [h.record.id for h in with_codes.hits] == [h.record.id for h in plain.hits]
-    np.testing.assert_allclose([h.score for h in with_codes.hits], [h.score for h in plain.hits], rtol=1e-6,
-                               atol=1e-7)
+    np.testing.assert_allclose([h.score for h in with_codes.hits], [h.score for h in plain.hits], rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("similarity", ["cosine", "dot"])
@@ -344,9 +343,10 @@ def test_small_stores_scan_the_float32_matrix(monkeypatch):
 def test_scifact_rankings_through_the_codes_are_the_float32_rankings(scifact_embedded, tmp_path, monkeypatch):
     """On real MiniLM embeddings (SciFact's 5,183 documents, the codes forced on) every one of the 300 queries
     gets the float32 scan's top 10, so nDCG@10 is unchanged; the first pass rescored few rows."""
-    from dual_encoder.evaluation import evaluate_run
     from haystack_integrations.components.retrievers.dual_encoder import DualEncoderRetriever, StoreEmbeddingRetriever
     from haystack_integrations.document_stores.dual_encoder import EmbeddedDocumentStore
+
+    from dual_encoder.evaluation import evaluate_run
 
     answers = _spy(monkeypatch)
     data, documents = scifact_embedded

@@ -108,8 +108,11 @@ def test_delete_count_list_with_filters(store):
     assert store.count(YEAR_FILTER) == 10
     assert "doc-18" not in {r.id for r in store.list(YEAR_FILTER)}
     both = {"operator": "AND", "conditions": [YEAR_FILTER, {"field": "meta.source", "operator": "==", "value": "web"}]}
-    assert [r.id for r in store.list(both)] == [r.id for r in records if r.meta["year"] >= 2018
-                                                 and r.meta["source"] == "web" and r.id not in ("doc-18", "doc-19")]
+    assert [r.id for r in store.list(both)] == [
+        r.id
+        for r in records
+        if r.meta["year"] >= 2018 and r.meta["source"] == "web" and r.id not in ("doc-18", "doc-19")
+    ]
     store.delete_all()
     assert store.count() == 0 and store.list() == []
 
@@ -126,8 +129,9 @@ def test_id_filters_go_by_id(store):
 
 def test_bad_records_are_refused_before_anything_is_written(store):
     with pytest.raises(InvalidDocumentError):
-        store.upsert([StoredRecord(id="ok", embedding=np.ones(DIM, np.float32)),
-                      StoredRecord(id="bad", meta={"when": object()})])
+        store.upsert(
+            [StoredRecord(id="ok", embedding=np.ones(DIM, np.float32)), StoredRecord(id="bad", meta={"when": object()})]
+        )
     assert store.count() == 0
     store.upsert(_records(2))
     with pytest.raises(DimensionMismatchError):
@@ -141,8 +145,15 @@ def test_document_space_is_recorded_and_guarded(store):
     store.upsert([StoredRecord(id="a", meta=space, embedding=np.ones(DIM, np.float32))])
     assert store.embedding_space().document_space == space["encoder_fingerprint"]
     with pytest.raises(EncoderMismatchError):
-        store.upsert([StoredRecord(id="b", meta={"encoder_fingerprint": "ds1-bbbbbbbbbbbbbbbbbbbbbbbb"},
-                                   embedding=np.ones(DIM, np.float32))])
+        store.upsert(
+            [
+                StoredRecord(
+                    id="b",
+                    meta={"encoder_fingerprint": "ds1-bbbbbbbbbbbbbbbbbbbbbbbb"},
+                    embedding=np.ones(DIM, np.float32),
+                )
+            ]
+        )
     store.delete_all()
     assert store.embedding_space().dimension is None
     store.upsert([StoredRecord(id="c", embedding=np.ones(DIM * 2, np.float32))])
@@ -169,7 +180,7 @@ def test_exact_search_matches_numpy(tmp_path, similarity):
         assert result.method == "exact"
         assert [h.record.id for h in result.hits] == ids
         np.testing.assert_allclose([h.score for h in result.hits], scores, rtol=1e-4, atol=1e-5)
-        assert all("no-vector" != h.record.id for h in result.hits)
+        assert all(h.record.id != "no-vector" for h in result.hits)
     everything = store.vector_search(np.ones(DIM, np.float32), top_k=1000).hits
     assert len(everything) == len(records) - 1  # all but the one without a vector
     assert not any(np.isnan(h.score) for h in everything)
@@ -329,8 +340,13 @@ def _write_old_format(path: Path, records: list[StoredRecord], *, similarity="do
     np.save(snapshot / "embeddings.npy", matrix)
     np.save(snapshot / "has_embedding.npy", has)
     manifest = {
-        "format": "dual-encoder-embedded-index", "version": 1, "snapshot": snapshot.name, "count": len(records),
-        "dimension": DIM, "similarity": similarity, "document_space": "ds1-cccccccccccccccccccccccc",
+        "format": "dual-encoder-embedded-index",
+        "version": 1,
+        "snapshot": snapshot.name,
+        "count": len(records),
+        "dimension": DIM,
+        "similarity": similarity,
+        "document_space": "ds1-cccccccccccccccccccccccc",
         "metadata": metadata or {},
     }
     (path / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
@@ -420,21 +436,30 @@ def test_reopen_from_checkpoint_plus_change_log(tmp_path, monkeypatch):
     assert [(r.id, r.content) for r in fallback.list()] == expected
 
 
-
 def test_filters_on_id_content_and_meta_match_the_reference_after_changes(store):
     records = _records(60)
     store.upsert(records)
     store.count(YEAR_FILTER)  # builds the filter columns now, so the changes below must keep them current
     store.delete(["doc-2", "doc-30"])
-    store.upsert([StoredRecord(id="doc-7", content="text 3", meta={"year": 2019, "nested": {"k": "v"}},
-                               embedding=records[7].embedding)])
+    store.upsert(
+        [
+            StoredRecord(
+                id="doc-7", content="text 3", meta={"year": 2019, "nested": {"k": "v"}}, embedding=records[7].embedding
+            )
+        ]
+    )
     store.upsert([StoredRecord(id="late", content="text 3", meta={"year": 2020, "source": "web"})])
     kept = {r.id: r for r in store.list()}
     filters = [
         {"field": "content", "operator": "==", "value": "text 3"},
         {"operator": "AND", "conditions": [{"field": "id", "operator": "!=", "value": "doc-7"}, YEAR_FILTER]},
-        {"operator": "OR", "conditions": [{"field": "id", "operator": "in", "value": ["doc-1", "late"]},
-                                          {"field": "meta.nested.k", "operator": "==", "value": "v"}]},
+        {
+            "operator": "OR",
+            "conditions": [
+                {"field": "id", "operator": "in", "value": ["doc-1", "late"]},
+                {"field": "meta.nested.k", "operator": "==", "value": "v"},
+            ],
+        },
         {"operator": "NOT", "conditions": [{"field": "meta.source", "operator": "in", "value": ["web", "book"]}]},
     ]
     for condition in filters:
@@ -452,8 +477,9 @@ def test_filter_values_read_from_the_database_keep_json_types(store):
         {"nested": "flat", "n": None},
         {},
     ]
-    store.upsert([StoredRecord(id=f"j{i}", meta=meta, embedding=np.ones(DIM, np.float32))
-                  for i, meta in enumerate(metas)])
+    store.upsert(
+        [StoredRecord(id=f"j{i}", meta=meta, embedding=np.ones(DIM, np.float32)) for i, meta in enumerate(metas)]
+    )
     filters = [
         {"field": "meta.flag", "operator": "==", "value": True},
         {"field": "meta.flag", "operator": "!=", "value": False},

@@ -10,8 +10,8 @@ from dual_encoder.evaluation import evaluate_run, load_beir, plot_recall_curve
 def test_metrics_on_hand_checked_rankings():
     qrels = {"q1": {"d1": 1}, "q2": {"d3": 1, "d4": 1}, "q3": {"d9": 1}}
     run = {
-        "q1": {"d2": 0.9, "d1": 0.8},              # relevant at rank 2
-        "q2": {"d3": 0.9, "d5": 0.8, "d4": 0.7},   # relevant at ranks 1 and 3
+        "q1": {"d2": 0.9, "d1": 0.8},  # relevant at rank 2
+        "q2": {"d3": 0.9, "d5": 0.8, "d4": 0.7},  # relevant at ranks 1 and 3
         # q3 not retrieved at all: counts as 0
     }
     metrics = evaluate_run(qrels, run)
@@ -78,15 +78,37 @@ def test_evaluate_command_on_a_tiny_dataset(tmp_path):
 
     from dual_encoder.cli import app
 
-    corpus = [json.dumps({"_id": f"d{i}", "title": t, "text": x}) for i, (t, x) in enumerate([
-        ("Tides", "The Moon's gravity causes ocean tides."),
-        ("Bread", "Sourdough needs a starter of flour and water."),
-        ("Stars", "Stars shine by nuclear fusion."),
-    ])]
-    queries = [json.dumps({"_id": "q0", "text": "what causes tides"}), json.dumps({"_id": "q1", "text": "how do stars shine"})]
-    folder = write_beir(tmp_path / "data", corpus, queries, "query-id\tcorpus-id\tscore\nq0\td0\t1\nq1\td2\t1\n") if (tmp_path / "data").mkdir() is None else None
-    result = CliRunner().invoke(app, ["evaluate", str(folder), "--no-progress", "--output", str(tmp_path / "m.json"),
-                                      "--plot", str(tmp_path / "r.png")])
+    corpus = [
+        json.dumps({"_id": f"d{i}", "title": t, "text": x})
+        for i, (t, x) in enumerate(
+            [
+                ("Tides", "The Moon's gravity causes ocean tides."),
+                ("Bread", "Sourdough needs a starter of flour and water."),
+                ("Stars", "Stars shine by nuclear fusion."),
+            ]
+        )
+    ]
+    queries = [
+        json.dumps({"_id": "q0", "text": "what causes tides"}),
+        json.dumps({"_id": "q1", "text": "how do stars shine"}),
+    ]
+    folder = (
+        write_beir(tmp_path / "data", corpus, queries, "query-id\tcorpus-id\tscore\nq0\td0\t1\nq1\td2\t1\n")
+        if (tmp_path / "data").mkdir() is None
+        else None
+    )
+    result = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            str(folder),
+            "--no-progress",
+            "--output",
+            str(tmp_path / "m.json"),
+            "--plot",
+            str(tmp_path / "r.png"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "m.json").read_text())["metrics"]
     assert metrics["ndcg@10"] == pytest.approx(1.0) and metrics["mrr@10"] == pytest.approx(1.0)
@@ -174,15 +196,32 @@ def test_evaluate_command_retrieval_options(tmp_path):
 
     folder = terms_folder(tmp_path)
     runner = CliRunner()
-    result = runner.invoke(app, ["evaluate", str(folder), "--no-progress", "--retrieval", "hybrid", "--fusion", "rrf",
-                                 "--weight", "0.5", "--candidates", "20", "--output", str(tmp_path / "h.json")])
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            str(folder),
+            "--no-progress",
+            "--retrieval",
+            "hybrid",
+            "--fusion",
+            "rrf",
+            "--weight",
+            "0.5",
+            "--candidates",
+            "20",
+            "--output",
+            str(tmp_path / "h.json"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "hybrid (rrf, weight 0.5, 20 candidates) retrieval" in " ".join(result.output.split())
     report = json.loads((tmp_path / "h.json").read_text())
     assert report["retrieval"] == "hybrid" and report["fusion"] == {"fusion": "rrf", "weight": 0.5, "candidates": 20}
     assert report["depth"] == 20 and report["metrics"]["mrr@10"] == pytest.approx(1.0)
-    result = runner.invoke(app, ["evaluate", str(folder), "--no-progress", "--retrieval", "keyword",
-                                 "--output", str(tmp_path / "k.json")])
+    result = runner.invoke(
+        app, ["evaluate", str(folder), "--no-progress", "--retrieval", "keyword", "--output", str(tmp_path / "k.json")]
+    )
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "k.json").read_text())["retrieval"] == "keyword"
     result = runner.invoke(app, ["evaluate", str(folder), "--no-progress", "--retrieval", "sparse"])

@@ -95,7 +95,7 @@ def test_auto_runs_torch_on_a_gpu(monkeypatch):
 
 def test_auto_vectors_match_torch(minilm):
     documents, questions = _sample_texts()
-    documents = documents + [" ".join(documents[i:i + 8]) for i in range(0, len(documents), 8)]
+    documents = documents + [" ".join(documents[i : i + 8]) for i in range(0, len(documents), 8)]
     auto = DualEncoder({"model": "all-MiniLM-L6-v2", "backend": "auto"})
     assert auto.backend == ("openvino-bf16" if acceleration.cpu_has_bf16() else "torch")
     assert auto.fingerprint == minilm.fingerprint
@@ -232,8 +232,9 @@ def test_the_compiled_transformer_runs_on_the_layout_it_was_given(minilm_bf16):
     compiled = minilm_bf16.model[0].forward.compiled
     layout = CpuLayout(logical_cpus=2, physical_cores=1, inference_threads=2)
     assert layout.openvino_properties(throughput=True)["ENABLE_HYPER_THREADING"] is True
-    fresh = acceleration._CompiledTransformer(acceleration.import_openvino().Core(), compiled._ov_model,
-                                              compiled._properties, layout)
+    fresh = acceleration._CompiledTransformer(
+        acceleration.import_openvino().Core(), compiled._ov_model, compiled._properties, layout
+    )
     assert int(fresh.latency.get_property("INFERENCE_NUM_THREADS")) == 2
     assert int(fresh.throughput.get_property("NUM_STREAMS")) == 2
     assert int(fresh.throughput.get_property("INFERENCE_NUM_THREADS")) == 2
@@ -252,7 +253,7 @@ def test_each_backend_gets_its_own_shared_instance(minilm, minilm_bf16):
 def test_bf16_embeddings_match_float32_on_real_text(minilm, minilm_bf16):
     documents, questions = _sample_texts()
     # Long texts (up to the 256-token limit) accumulate the most bfloat16 rounding.
-    documents = documents + [" ".join(documents[i:i + 8]) for i in range(0, len(documents), 8)]
+    documents = documents + [" ".join(documents[i : i + 8]) for i in range(0, len(documents), 8)]
     reference_documents = minilm.encode_documents(documents)
     fast_documents = minilm_bf16.encode_documents(documents)
     assert fast_documents.dtype == np.float32 and fast_documents.shape == reference_documents.shape
@@ -268,7 +269,7 @@ def test_int8_embeddings_stay_close_to_float32_and_rank_the_same(minilm):
     from dual_encoder.acceleration import INT8_ACTIVATION_GROUP
 
     documents, questions = _sample_texts()
-    documents = documents + [" ".join(documents[i:i + 8]) for i in range(0, len(documents), 8)]
+    documents = documents + [" ".join(documents[i : i + 8]) for i in range(0, len(documents), 8)]
     int8 = DualEncoder({"model": "all-MiniLM-L6-v2", "backend": "openvino-int8"}).load()
     assert int8.model is not minilm.model and int8.fingerprint == minilm.fingerprint
     compiled = int8.model[0].forward.compiled
@@ -294,7 +295,7 @@ def test_many_texts_through_the_throughput_streams_match_one_batch_at_a_time():
     from dual_encoder.acceleration import throughput_requests
 
     documents, _ = _sample_texts()
-    documents = documents + [" ".join(documents[i:i + 3]) for i in range(len(documents))]
+    documents = documents + [" ".join(documents[i : i + 3]) for i in range(len(documents))]
     encoder = DualEncoder({"model": "all-MiniLM-L6-v2", "backend": "openvino", "batch_size": 4})
     assert len(documents) > 4 * encoder.config.batch_size
     one_at_a_time = np.concatenate([encoder.encode_documents([text]) for text in documents])

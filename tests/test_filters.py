@@ -4,7 +4,11 @@ from dual_encoder.errors import FilterError
 from dual_encoder.filters import compile_filter
 
 RECORDS = [
-    {"id": "a", "content": "alpha", "meta": {"year": 2020, "lang": "en", "date": "2021-05-01T00:00:00", "nested": {"x": 1}}},
+    {
+        "id": "a",
+        "content": "alpha",
+        "meta": {"year": 2020, "lang": "en", "date": "2021-05-01T00:00:00", "nested": {"x": 1}},
+    },
     {"id": "b", "content": "beta", "meta": {"year": 2023, "lang": "de", "draft": True}},
     {"id": "c", "content": "gamma", "meta": {"lang": "en"}},
 ]
@@ -33,17 +37,23 @@ def matching(filters):
         ({"field": "id", "operator": "in", "value": ["a", "c"]}, ["a", "c"]),
         ({"field": "content", "operator": "==", "value": "beta"}, ["b"]),
         (
-            {"operator": "AND", "conditions": [
-                {"field": "meta.lang", "operator": "==", "value": "en"},
-                {"field": "meta.year", "operator": ">=", "value": 2000},
-            ]},
+            {
+                "operator": "AND",
+                "conditions": [
+                    {"field": "meta.lang", "operator": "==", "value": "en"},
+                    {"field": "meta.year", "operator": ">=", "value": 2000},
+                ],
+            },
             ["a"],
         ),
         (
-            {"operator": "OR", "conditions": [
-                {"field": "meta.draft", "operator": "==", "value": True},
-                {"field": "meta.year", "operator": "==", "value": None},
-            ]},
+            {
+                "operator": "OR",
+                "conditions": [
+                    {"field": "meta.draft", "operator": "==", "value": True},
+                    {"field": "meta.year", "operator": "==", "value": None},
+                ],
+            },
             ["b", "c"],
         ),
         ({"operator": "NOT", "conditions": [{"field": "meta.lang", "operator": "==", "value": "en"}]}, ["b"]),
@@ -60,7 +70,10 @@ def test_no_filter_means_everything():
 @pytest.mark.parametrize(
     "filters, message",
     [
-        ({"field": "meta.lang", "operator": "=~", "value": "en"}, "Unknown comparison operator '=~'.*Valid comparison operators"),
+        (
+            {"field": "meta.lang", "operator": "=~", "value": "en"},
+            "Unknown comparison operator '=~'.*Valid comparison operators",
+        ),
         ({"operator": "XOR", "conditions": []}, "Unknown logical operator 'XOR'"),
         ({"operator": "AND"}, "'conditions' key missing"),
         ({"conditions": []}, "'operator' key missing"),

@@ -11,9 +11,7 @@ def test_fingerprint_is_stable_across_encoders_and_loads(minilm):
     assert minilm.fingerprint.dimension == 384
 
 
-@pytest.mark.parametrize(
-    "change", [{"document_prompt": "passage: "}, {"max_seq_length": 128}]
-)
+@pytest.mark.parametrize("change", [{"document_prompt": "passage: "}, {"max_seq_length": 128}])
 def test_document_side_changes_give_a_new_document_space(minilm, change):
     other = DualEncoder({"model": "all-MiniLM-L6-v2", **change}).fingerprint
     assert other.document_space != minilm.fingerprint.document_space

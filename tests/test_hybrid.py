@@ -102,7 +102,7 @@ def test_stopword_or_punctuation_query_matches_nothing():
 
 
 def test_non_english_text():
-    texts = ["Der schnelle braune Fuchs springt.", "Les chiens aboient.", "Быстрая собака бежит.", "東京は日本の首都"]  # noqa: E501
+    texts = ["Der schnelle braune Fuchs springt.", "Les chiens aboient.", "Быстрая собака бежит.", "東京は日本の首都"]
     index = _index(texts)
     assert index.search("fuchs", k=2)[0].tolist() == [0]
     assert index.search("собака", k=2)[0].tolist() == [2]
@@ -260,9 +260,9 @@ def _store_without_keyword_search():
 
 @pytest.fixture(scope="module")
 def pets_store(minilm):
+    from dual_encoder.documents import DocumentInput
     from dual_encoder.embedded import open_embedded_store
     from dual_encoder.search import index_documents
-    from dual_encoder.documents import DocumentInput
 
     store = KeywordIndexedStore(open_embedded_store(None))
     documents = [
@@ -291,9 +291,9 @@ def test_hybrid_search_fuses_and_filters(pets_store, minilm):
 
 
 def test_hybrid_tracks_writes_and_deletes(minilm):
+    from dual_encoder.documents import DocumentInput
     from dual_encoder.embedded import open_embedded_store
     from dual_encoder.search import index_documents
-    from dual_encoder.documents import DocumentInput
 
     store = KeywordIndexedStore(open_embedded_store(None))
     assert hybrid_search(minilm, store, "anything", top_k=3).hits == []  # empty store
@@ -343,12 +343,16 @@ def test_haystack_keyword_retriever(haystack_store):
 
 def test_haystack_hybrid_retriever(haystack_store):
     from haystack import Pipeline
-
     from haystack_integrations.components.retrievers.dual_encoder import DualEncoderHybridRetriever
 
     retriever = DualEncoderHybridRetriever(
-        document_store=haystack_store, encoder="all-MiniLM-L6-v2", top_k=3, fusion="weighted", weight=0.3,
-        candidates=4, mmr_lambda=0.7,
+        document_store=haystack_store,
+        encoder="all-MiniLM-L6-v2",
+        top_k=3,
+        fusion="weighted",
+        weight=0.3,
+        candidates=4,
+        mmr_lambda=0.7,
     )
     documents = retriever.run(query="barking dogs")["documents"]
     assert len(documents) == 3

@@ -102,8 +102,9 @@ def test_langchain_retriever_runs_hybrid_on_the_embedded_store(pets_vectorstore)
 
 
 def test_langchain_hybrid_refusals(pets_vectorstore, embeddings):
-    from dual_encoder.embedded import EmbeddedStore
     from langchain_dual_encoder import DualEncoderVectorStore
+
+    from dual_encoder.embedded import EmbeddedStore
 
     class VectorOnlyStore(EmbeddedStore):
         supports_keyword_search = False
@@ -183,8 +184,9 @@ def test_embedded_and_weaviate_hybrid_agree(weaviate_server, collection_name, sc
     query. Weaviate's native hybrid search is our weighted fusion over Weaviate's own BM25 and vector sides; the
     fused lists of the two stores differ only as far as their BM25 differs, which is the stemmer: with
     Weaviate's tokenisation and parameters the embedded keyword index returns Weaviate's top 10."""
-    from dual_encoder.embedded import open_embedded_store
     from dual_encoder_weaviate import WeaviateStore
+
+    from dual_encoder.embedded import open_embedded_store
 
     records, queries = scifact_slice
     embedded = open_embedded_store(None)

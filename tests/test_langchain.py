@@ -13,7 +13,12 @@ import pytest
 from haystack import Document as HaystackDocument
 from haystack.document_stores.in_memory import InMemoryDocumentStore
 from haystack.document_stores.types import DuplicatePolicy
+from haystack_integrations.components.embedders.dual_encoder import DualEncoderDocumentEmbedder
+from haystack_integrations.components.retrievers.dual_encoder import DualEncoderRetriever as HaystackRetriever
+from haystack_integrations.components.retrievers.dual_encoder import StoreEmbeddingRetriever
+from haystack_integrations.document_stores.dual_encoder import DualEncoderWeaviateDocumentStore, EmbeddedDocumentStore
 from langchain_core.documents import Document
+from langchain_dual_encoder import DualEncoderEmbeddings, DualEncoderRetriever, DualEncoderVectorStore
 from langchain_tests.integration_tests import (
     EmbeddingsIntegrationTests,
     RetrieversIntegrationTests,
@@ -28,11 +33,6 @@ from dual_encoder.errors import (
     EncoderMismatchError,
     FilterError,
 )
-from haystack_integrations.components.embedders.dual_encoder import DualEncoderDocumentEmbedder
-from haystack_integrations.components.retrievers.dual_encoder import DualEncoderRetriever as HaystackRetriever
-from haystack_integrations.components.retrievers.dual_encoder import StoreEmbeddingRetriever
-from haystack_integrations.document_stores.dual_encoder import DualEncoderWeaviateDocumentStore, EmbeddedDocumentStore
-from langchain_dual_encoder import DualEncoderEmbeddings, DualEncoderRetriever, DualEncoderVectorStore
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXTS = {
@@ -370,8 +370,9 @@ def test_relevance_scores_follow_the_store_similarity(vectorstore, embeddings):
         search_type="similarity_score_threshold", search_kwargs={"k": 5, "score_threshold": threshold}
     ).invoke("What pulls the oceans?")
     assert [d.id for d in kept] == [d.id for d, _ in scored[:2]]
-    dot = DualEncoderVectorStore.embedded(DualEncoderEmbeddings({"model": "all-MiniLM-L6-v2", "similarity": "dot"}),
-                                          similarity="dot")
+    dot = DualEncoderVectorStore.embedded(
+        DualEncoderEmbeddings({"model": "all-MiniLM-L6-v2", "similarity": "dot"}), similarity="dot"
+    )
     add_all(dot)
     top = dot.similarity_search_with_score("What pulls the oceans?", k=1)[0]
     assert top[0].id == scored[0][0].id and top[1] == pytest.approx(scored[0][1], abs=1e-5)  # normalised model
@@ -491,7 +492,6 @@ class TestLangChainStandardTestsWeaviate(VectorStoreIntegrationTests):
         store = WeaviateStore(collection=collection_name)
         yield DualEncoderVectorStore(self.get_embeddings(), store)
         store.close()
-
 
 
 class TestLangChainStandardEmbeddingsTests(EmbeddingsIntegrationTests):

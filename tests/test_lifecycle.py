@@ -15,10 +15,6 @@ from haystack.components.retrievers.in_memory import InMemoryEmbeddingRetriever
 from haystack.components.writers import DocumentWriter
 from haystack.document_stores.in_memory import InMemoryDocumentStore
 from haystack.document_stores.types import DuplicatePolicy
-
-from dual_encoder.embedded import open_embedded_store
-from dual_encoder.stores import StoredRecord
-from dual_encoder.stores.contract import StoreClosedError
 from haystack_integrations.components.embedders.dual_encoder import DualEncoderDocumentEmbedder
 from haystack_integrations.components.retrievers.dual_encoder import (
     DualEncoderHybridRetriever,
@@ -27,6 +23,10 @@ from haystack_integrations.components.retrievers.dual_encoder import (
     StoreEmbeddingRetriever,
 )
 from haystack_integrations.document_stores.dual_encoder import DualEncoderWeaviateDocumentStore, EmbeddedDocumentStore
+
+from dual_encoder.embedded import open_embedded_store
+from dual_encoder.stores import StoredRecord
+from dual_encoder.stores.contract import StoreClosedError
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 QUESTION = "Why do we have summer and winter?"

@@ -28,7 +28,9 @@ def test_yaml_pipelines_index_and_answer_with_default_settings(tmp_path, monkeyp
     # A second run over the unchanged corpus, as a fresh process would load it: nothing is encoded again.
     again = Pipeline.loads((EXAMPLES / "indexing_pipeline.yaml").read_text())
     encoded = []
-    monkeypatch.setattr(again.get_component("embedder").encoder, "encode_documents", lambda texts, **kw: encoded.extend(texts))
+    monkeypatch.setattr(
+        again.get_component("embedder").encoder, "encode_documents", lambda texts, **kw: encoded.extend(texts)
+    )
     assert again.run({"embedder": {"documents": builders.sample_documents()}})["writer"]["documents_written"] == 30
     assert encoded == []
 
@@ -45,8 +47,10 @@ def test_yaml_pipelines_index_and_answer_with_default_settings(tmp_path, monkeyp
 
 def test_yaml_files_match_the_python_builders(builders, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # building the pipelines opens their stores, which creates the store directory
-    for name, build in (("indexing_pipeline.yaml", builders.build_indexing_pipeline),
-                        ("query_pipeline.yaml", builders.build_query_pipeline)):
+    for name, build in (
+        ("indexing_pipeline.yaml", builders.build_indexing_pipeline),
+        ("query_pipeline.yaml", builders.build_query_pipeline),
+    ):
         assert yaml.safe_load((EXAMPLES / name).read_text()) == build().to_dict(), f"regenerate {name}"
 
 

@@ -177,7 +177,6 @@ def test_a_batch_size_given_twice_must_agree():
 # ------------------------------------------------------------------------------------------- adapters
 def test_haystack_components_serialise_prompt_names_and_encode_kwargs(prompts_model_dir):
     from haystack import Document, Pipeline
-
     from haystack_integrations.components.embedders.dual_encoder import (
         DualEncoderDocumentEmbedder,
         DualEncoderTextEmbedder,
@@ -210,8 +209,11 @@ def test_haystack_components_serialise_prompt_names_and_encode_kwargs(prompts_mo
 def test_langchain_embeddings_take_prompt_names(prompts_model_dir):
     from langchain_dual_encoder import DualEncoderEmbeddings
 
-    encoder = {"model": str(prompts_model_dir), "query_prompt_name": "retrieval.query",
-               "document_prompt_name": "retrieval.passage"}
+    encoder = {
+        "model": str(prompts_model_dir),
+        "query_prompt_name": "retrieval.query",
+        "document_prompt_name": "retrieval.passage",
+    }
     embeddings = DualEncoderEmbeddings(encoder)
     reference = DualEncoder(encoder)
     np.testing.assert_allclose(embeddings.embed_query(QUESTION), reference.encode_query(QUESTION), atol=1e-6)

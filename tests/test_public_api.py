@@ -105,7 +105,7 @@ def _readme_dotted_names() -> set[str]:
     packages = "|".join(OUR_PACKAGES)
     for match in re.finditer(rf"\b((?:{packages})(?:\.[A-Za-z_][A-Za-z0-9_]*)+)", text):
         name = match.group(1)
-        if not re.search(r"\.(py|yaml|json|md)$", name) and "/" not in text[match.start() - 1: match.start()]:
+        if not re.search(r"\.(py|yaml|json|md)$", name) and "/" not in text[match.start() - 1 : match.start()]:
             names.add(name)
     return names
 

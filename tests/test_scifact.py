@@ -6,10 +6,10 @@ embeddings. The corpus is embedded once per session (conftest.scifact_embedded).
 """
 
 import pytest
-
-from dual_encoder.evaluation import evaluate_run
 from haystack_integrations.components.retrievers.dual_encoder import DualEncoderRetriever, StoreEmbeddingRetriever
 from haystack_integrations.document_stores.dual_encoder import EmbeddedDocumentStore
+
+from dual_encoder.evaluation import evaluate_run
 
 pytestmark = pytest.mark.scifact
 
@@ -35,10 +35,10 @@ def test_approximate_search_stays_within_0_002_of_exact(scifact_embedded, tmp_pa
     store.write_documents(documents)
     runs = {}
     for exact in (True, False):
-        retriever = DualEncoderRetriever(
-            retriever=StoreEmbeddingRetriever(document_store=store, exact=exact), top_k=10
-        )
-        runs[exact] = {q: {d.id: d.score for d in retriever.run(query=text)["documents"]} for q, text in data.queries.items()}
+        retriever = DualEncoderRetriever(retriever=StoreEmbeddingRetriever(document_store=store, exact=exact), top_k=10)
+        runs[exact] = {
+            q: {d.id: d.score for d in retriever.run(query=text)["documents"]} for q, text in data.queries.items()
+        }
     exact_ndcg = evaluate_run(data.qrels, runs[True])["ndcg@10"]
     approximate_ndcg = evaluate_run(data.qrels, runs[False])["ndcg@10"]
     assert exact_ndcg == pytest.approx(0.6451, abs=0.0005)
@@ -64,7 +64,6 @@ def test_reloaded_store_gives_identical_rankings(scifact_embedded, tmp_path):
 
 def test_weaviate_matches_the_embedded_store_on_scifact(scifact_embedded, weaviate_env, tmp_path):
     from haystack.document_stores.types import DuplicatePolicy
-
     from haystack_integrations.document_stores.dual_encoder import DualEncoderWeaviateDocumentStore
 
     data, documents = scifact_embedded

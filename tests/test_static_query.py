@@ -37,9 +37,16 @@ def _config(data: Path, output: Path, **options):
     from dual_encoder.training import TrainingConfig
 
     settings = {
-        "data": data, "output": output, "architecture": "static-query", "static_query_init": "token-embeddings",
-        "static_query_epochs": 4, "static_query_batch_size": 16, "static_query_learning_rate": 0.05,
-        "dev_fraction": 0.0, "progress_bar": False, "precision": "fp32",
+        "data": data,
+        "output": output,
+        "architecture": "static-query",
+        "static_query_init": "token-embeddings",
+        "static_query_epochs": 4,
+        "static_query_batch_size": 16,
+        "static_query_learning_rate": 0.05,
+        "dev_fraction": 0.0,
+        "progress_bar": False,
+        "precision": "fp32",
     }
     return TrainingConfig(**(settings | options))
 
@@ -112,7 +119,6 @@ def test_torch_free_path_equals_the_torch_path(static_model_dir):
 def test_a_query_only_process_loads_neither_torch_nor_the_document_tower(static_model_dir, tmp_path, minilm):
     """Index with the base model, then answer a query in a fresh process through the Haystack retriever."""
     from haystack import Document
-
     from haystack_integrations.components.embedders.dual_encoder import DualEncoderDocumentEmbedder
     from haystack_integrations.document_stores.dual_encoder import EmbeddedDocumentStore
 
@@ -123,12 +129,18 @@ def test_a_query_only_process_loads_neither_torch_nor_the_document_tower(static_
     store.write_documents(DualEncoderDocumentEmbedder(encoder="all-MiniLM-L6-v2").run(documents=documents)["documents"])
     store.close() if hasattr(store, "close") else None
 
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                   "HAYSTACK_TELEMETRY_ENABLED": "False", "TOKENIZERS_PARALLELISM": "false"}
+    environment = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HAYSTACK_TELEMETRY_ENABLED": "False",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
 
     def run(script: str) -> dict:
-        completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environment,
-                                   timeout=600, check=False)
+        completed = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, env=environment, timeout=600, check=False
+        )
         assert completed.returncode == 0, completed.stderr[-3000:]
         return json.loads(completed.stdout.strip().splitlines()[-1])
 
@@ -185,8 +197,12 @@ def test_an_over_long_query_is_truncated_with_one_warning(static_model_dir, capl
     export = load_static_query_export(static_model_dir)
     # A fresh encoder over the same files, so the warning has not been given yet.
     tower = StaticQueryEncoder(
-        tokenizer=export.encoder._tokenizer, table=export.encoder.table, prompt="", normalize=True,
-        unknown_token_ids=export.manifest.unknown_token_ids, name="test",
+        tokenizer=export.encoder._tokenizer,
+        table=export.encoder.table,
+        prompt="",
+        normalize=True,
+        unknown_token_ids=export.manifest.unknown_token_ids,
+        name="test",
     )
     limit = tower.max_tokens
     assert limit == 256

@@ -30,7 +30,9 @@ def title_pairs(tmp_path_factory) -> Path:
     """30 (title, passage) pairs: a small task the base model does not already solve perfectly."""
     path = tmp_path_factory.mktemp("training") / "pairs.jsonl"
     path.write_text(
-        "".join(json.dumps({"query": row["meta"]["title"], "positive": row["content"]}) + "\n" for row in _sample_rows()),
+        "".join(
+            json.dumps({"query": row["meta"]["title"], "positive": row["content"]}) + "\n" for row in _sample_rows()
+        ),
         encoding="utf-8",
     )
     return path
@@ -43,8 +45,18 @@ def _write_lines(path: Path, rows: list[dict]) -> Path:
 
 def _config(data, output, **overrides) -> TrainingConfig:
     options = dict(
-        data=data, output=output, epochs=1, max_steps=4, batch_size=8, mini_batch_size=4, learning_rate=2e-4,
-        hard_negatives=1, negative_rank_range=(1, 5), dev_fraction=0.0, max_seq_length=64, progress_bar=False,
+        data=data,
+        output=output,
+        epochs=1,
+        max_steps=4,
+        batch_size=8,
+        mini_batch_size=4,
+        learning_rate=2e-4,
+        hard_negatives=1,
+        negative_rank_range=(1, 5),
+        dev_fraction=0.0,
+        max_seq_length=64,
+        progress_bar=False,
         precision="fp32",  # the same arithmetic on every CPU; the CLI test below runs the default (auto)
     )
     options.update(overrides)
@@ -95,13 +107,15 @@ def test_shared_projection_over_towers_of_different_sizes_is_refused_at_configur
     base = SentenceTransformer(resolve_model_location("all-MiniLM-L6-v2"), device="cpu")
     narrow = SentenceTransformer(modules=[base[0], base[1], Dense(384, 128), Normalize()], device="cpu")
     narrow.save(str(tmp_path / "narrow"))
-    config = _config(title_pairs, tmp_path / "out", architecture="asymmetric-shared-projection",
-                     query_model=str(tmp_path / "narrow"))
+    config = _config(
+        title_pairs, tmp_path / "out", architecture="asymmetric-shared-projection", query_model=str(tmp_path / "narrow")
+    )
     with pytest.raises(ConfigurationError, match="same dimension"):
         build_training_model(config)
     with pytest.raises(ConfigurationError, match="128 dimensions"):
-        build_training_model(_config(title_pairs, tmp_path / "out", architecture="asymmetric",
-                                     query_model=str(tmp_path / "narrow")))
+        build_training_model(
+            _config(title_pairs, tmp_path / "out", architecture="asymmetric", query_model=str(tmp_path / "narrow"))
+        )
     assert not (tmp_path / "out").exists()
 
 
@@ -115,11 +129,14 @@ def test_output_folder_with_other_files_is_not_overwritten(tmp_path, title_pairs
 
 # --------------------------------------------------------------------------------------------------- data
 def test_jsonl_pairs_are_read_and_duplicates_removed_with_a_note(tmp_path, caplog):
-    path = _write_lines(tmp_path / "pairs.jsonl", [
-        {"query": "q1", "positive": "doc one"},
-        {"query": "q1", "positive": "doc one"},
-        {"query": "q2", "positive": "doc two", "negative": "doc one"},
-    ])
+    path = _write_lines(
+        tmp_path / "pairs.jsonl",
+        [
+            {"query": "q1", "positive": "doc one"},
+            {"query": "q1", "positive": "doc one"},
+            {"query": "q2", "positive": "doc two", "negative": "doc one"},
+        ],
+    )
     with caplog.at_level("WARNING"):
         data = load_training_data(path)
     assert len(data.pairs) == 2
@@ -132,8 +149,10 @@ def test_jsonl_pairs_are_read_and_duplicates_removed_with_a_note(tmp_path, caplo
     ("rows", "message"),
     [
         ([], "holds no training pairs"),
-        ([{"query": "q1", "positive": "d"}, {"query": "q2"}, {"query": "q3", "positive": "  "}],
-         r"2 line\(s\) of .* have a query but no 'positive' \(lines \[2, 3\]\)"),
+        (
+            [{"query": "q1", "positive": "d"}, {"query": "q2"}, {"query": "q3", "positive": "  "}],
+            r"2 line\(s\) of .* have a query but no 'positive' \(lines \[2, 3\]\)",
+        ),
         ([{"query": "", "positive": "d"}, {"query": "q", "positive": 5}], "2 field"),
     ],
 )
@@ -168,7 +187,8 @@ def test_beir_pairs_use_title_and_text(tmp_path):
     folder = _beir(tmp_path / "beir", "q0\td0\t1\nq1\td1\t2\n")
     data = load_training_data(folder)
     assert sorted((data.queries[p.query_id], data.documents[p.document_id]) for p in data.pairs) == [
-        ("question 0", "document 0"), ("question 1", "document 1")
+        ("question 0", "document 0"),
+        ("question 1", "document 1"),
     ]
 
 
@@ -182,8 +202,9 @@ def test_dev_split_holds_out_whole_queries_reproducibly(title_pairs):
 
 def test_hard_negatives_never_include_a_positive_and_come_from_the_window(title_pairs):
     data = load_training_data(title_pairs)
-    ranking = {pair.query_id: [pair.document_id] + [d for d in data.documents if d != pair.document_id]
-               for pair in data.pairs}
+    ranking = {
+        pair.query_id: [pair.document_id] + [d for d in data.documents if d != pair.document_id] for pair in data.pairs
+    }
     pairs, notes = pick_negatives(ranking, data, count=2, rank_range=(3, 8), seed=1)
     for pair in pairs:
         assert len(pair.negative_ids) == 2 and pair.document_id not in pair.negative_ids
@@ -227,10 +248,13 @@ def test_distillation_texts_are_queries_plus_query_sized_document_pieces(title_p
 
 
 def test_mixed_pairs_and_triplets_without_mining_are_refused(tmp_path):
-    path = _write_lines(tmp_path / "pairs.jsonl", [
-        {"query": "q1", "positive": "doc one", "negative": "doc two"},
-        {"query": "q2", "positive": "doc two"},
-    ])
+    path = _write_lines(
+        tmp_path / "pairs.jsonl",
+        [
+            {"query": "q1", "positive": "doc one", "negative": "doc two"},
+            {"query": "q2", "positive": "doc two"},
+        ],
+    )
     with pytest.raises(TrainingDataError, match="1 of 2 training lines have a 'negative'"):
         train(_config(path, tmp_path / "out", hard_negatives=0))
 
@@ -254,7 +278,10 @@ def _trained(tmp_path_factory, title_pairs, architecture: str, **overrides):
 
 def _query_and_document_parameters(model):
     router = model[0]
-    return (dict(router.sub_modules["query"].named_parameters()), dict(router.sub_modules["document"].named_parameters()))
+    return (
+        dict(router.sub_modules["query"].named_parameters()),
+        dict(router.sub_modules["document"].named_parameters()),
+    )
 
 
 def test_siamese_training_lowers_the_loss_and_keeps_one_set_of_weights(tmp_path_factory, title_pairs, base_loss):
@@ -269,7 +296,9 @@ def test_siamese_training_lowers_the_loss_and_keeps_one_set_of_weights(tmp_path_
 
 
 @pytest.mark.parametrize("architecture", ["asymmetric", "asymmetric-shared-projection", "asymmetric-frozen-embeddings"])
-def test_asymmetric_training_lowers_the_loss_and_unties_the_towers(tmp_path_factory, title_pairs, base_loss, architecture):
+def test_asymmetric_training_lowers_the_loss_and_unties_the_towers(
+    tmp_path_factory, title_pairs, base_loss, architecture
+):
     # The plain asymmetric run also covers the cached loss (the others use the default, mnrl).
     loss = "cached-mnrl" if architecture == "asymmetric" else "mnrl"
     result, encoder = _trained(tmp_path_factory, title_pairs, architecture, loss=loss)
@@ -293,8 +322,9 @@ def test_asymmetric_training_lowers_the_loss_and_unties_the_towers(tmp_path_fact
 
 @pytest.mark.parametrize("objective", ["distill", "contrastive", "both"])
 def test_light_query_keeps_the_document_fingerprint_of_its_base(tmp_path_factory, title_pairs, objective):
-    result, encoder = _trained(tmp_path_factory, title_pairs, "light-query", query_layers=2,
-                               light_query_objective=objective)
+    result, encoder = _trained(
+        tmp_path_factory, title_pairs, "light-query", query_layers=2, light_query_objective=objective
+    )
     base = DualEncoder({"model": "all-MiniLM-L6-v2", "max_seq_length": 64})
     assert encoder.fingerprint.document_space == base.fingerprint.document_space
     assert encoder.fingerprint.query_tower != base.fingerprint.query_tower
@@ -305,8 +335,9 @@ def test_light_query_keeps_the_document_fingerprint_of_its_base(tmp_path_factory
 
 
 def test_run_with_dev_slice_saves_what_the_guard_chose_and_writes_report_card_and_plot(tmp_path_factory, title_pairs):
-    result, encoder = _trained(tmp_path_factory, title_pairs, "siamese", dev_fraction=0.2, max_steps=None, epochs=2,
-                               batch_size=12)
+    result, encoder = _trained(
+        tmp_path_factory, title_pairs, "siamese", dev_fraction=0.2, max_steps=None, epochs=2, batch_size=12
+    )
     report = json.loads(result.report_path.read_text())
     guard = report["guard"]
     assert set(report["dev_before"]) == {"ndcg@10", "mrr@10", "recall@10"}
@@ -334,8 +365,9 @@ def test_run_with_dev_slice_saves_what_the_guard_chose_and_writes_report_card_an
 def test_same_seed_gives_the_same_model(tmp_path_factory, title_pairs):
     first, first_encoder = _trained(tmp_path_factory, title_pairs, "siamese", max_steps=2)
     second, second_encoder = _trained(tmp_path_factory, title_pairs, "siamese", max_steps=2)
-    np.testing.assert_allclose(first_encoder.encode_query("heat pumps"), second_encoder.encode_query("heat pumps"),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        first_encoder.encode_query("heat pumps"), second_encoder.encode_query("heat pumps"), atol=1e-6
+    )
 
 
 def test_interrupted_training_still_leaves_a_usable_model(tmp_path_factory, title_pairs, monkeypatch):
@@ -366,10 +398,28 @@ def run_that_cannot_improve(tmp_path_factory, title_pairs):
     from dual_encoder.cli import app
 
     output = tmp_path_factory.mktemp("unchanged") / "model"
-    outcome = CliRunner().invoke(app, [
-        "train", str(title_pairs), "--output", str(output), "--learning-rate", "0", "--epochs", "3", "--max-steps", "2",
-        "--batch-size", "8", "--dev-fraction", "0.2", "--negative-ranks", "1:5", "--no-progress",
-    ])
+    outcome = CliRunner().invoke(
+        app,
+        [
+            "train",
+            str(title_pairs),
+            "--output",
+            str(output),
+            "--learning-rate",
+            "0",
+            "--epochs",
+            "3",
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "8",
+            "--dev-fraction",
+            "0.2",
+            "--negative-ranks",
+            "1:5",
+            "--no-progress",
+        ],
+    )
     return outcome, output, " ".join(outcome.output.split())
 
 
@@ -439,11 +489,13 @@ def test_guard_keeps_the_best_checkpoint_only_when_it_beats_the_base_beyond_the_
 
 # ------------------------------------------------------------------------------------ negatives and batches
 def test_mined_negatives_respect_the_margin_against_the_positive_score():
-    data = TrainingData(queries={"q": "query"}, documents={f"d{i}": f"doc {i}" for i in range(12)},
-                        pairs=[TrainingPair("q", "d0")])
+    data = TrainingData(
+        queries={"q": "query"}, documents={f"d{i}": f"doc {i}" for i in range(12)}, pairs=[TrainingPair("q", "d0")]
+    )
     ranked = [f"d{i}" for i in range(1, 12)]
-    rankings = Rankings(ids={"q": ranked}, scores={"q": [0.95 - 0.05 * i for i in range(11)]},
-                        positive_scores={("q", "d0"): 0.85})
+    rankings = Rankings(
+        ids={"q": ranked}, scores={"q": [0.95 - 0.05 * i for i in range(11)]}, positive_scores={("q", "d0"): 0.85}
+    )
     # Ranks 0-3 hold d1-d4 (0.95-0.80): all above 0.9 x the positive's 0.85, so none may be chosen.
     pairs, notes = pick_negatives(rankings, data, count=3, rank_range=(0, 4), seed=0, relative_margin=0.1)
     chosen = pairs[0].negative_ids

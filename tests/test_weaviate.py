@@ -2,26 +2,25 @@
 skipped in CI): the core store (:class:`dual_encoder_weaviate.WeaviateStore`), its Haystack adapter, the
 server tool and the plug-ins."""
 
-import os
 import threading
 import time
 
 import numpy as np
 import pytest
 import yaml
+from dual_encoder_weaviate import PartialWriteError, WeaviateStore, WeaviateUnavailableError
+from dual_encoder_weaviate.collection import parse_stored_space, vector_settings
+from dual_encoder_weaviate.server import WeaviateServer, free_port
 from haystack import Document, Pipeline
 from haystack.document_stores.types import DuplicatePolicy
+from haystack_integrations.components.embedders.dual_encoder import DualEncoderDocumentEmbedder
+from haystack_integrations.components.retrievers.dual_encoder import DualEncoderRetriever, StoreEmbeddingRetriever
+from haystack_integrations.document_stores.dual_encoder import DualEncoderWeaviateDocumentStore, EmbeddedDocumentStore
 
 from dual_encoder.errors import DimensionMismatchError, EncoderMismatchError
 from dual_encoder.fingerprint import DOCUMENT_SPACE_META_KEY
 from dual_encoder.stores import DuplicatePolicy as StorePolicy
 from dual_encoder.stores import StoredRecord
-from dual_encoder_weaviate import PartialWriteError, WeaviateStore, WeaviateUnavailableError
-from dual_encoder_weaviate.collection import parse_stored_space, vector_settings
-from dual_encoder_weaviate.server import WeaviateServer, free_port
-from haystack_integrations.components.embedders.dual_encoder import DualEncoderDocumentEmbedder
-from haystack_integrations.components.retrievers.dual_encoder import DualEncoderRetriever, StoreEmbeddingRetriever
-from haystack_integrations.document_stores.dual_encoder import DualEncoderWeaviateDocumentStore, EmbeddedDocumentStore
 
 META_FIELDS = {"year": "int", "topic": "text", "draft": "boolean", "rating": "number"}
 CORPUS = [
@@ -87,17 +86,26 @@ FILTERS = [
     {"field": "meta.topic", "operator": "not in", "value": ["food", "space"]},
     {"field": "meta.draft", "operator": "==", "value": True},
     {"field": "id", "operator": "in", "value": ["tides", "mars"]},
-    {"operator": "AND", "conditions": [
-        {"field": "meta.topic", "operator": "==", "value": "space"},
-        {"field": "meta.year", "operator": ">=", "value": 2020},
-    ]},
-    {"operator": "OR", "conditions": [
-        {"field": "meta.draft", "operator": "==", "value": True},
-        {"field": "meta.rating", "operator": ">=", "value": 5.0},
-    ]},
-    {"operator": "NOT", "conditions": [
-        {"field": "meta.topic", "operator": "in", "value": ["sea", "food"]},
-    ]},
+    {
+        "operator": "AND",
+        "conditions": [
+            {"field": "meta.topic", "operator": "==", "value": "space"},
+            {"field": "meta.year", "operator": ">=", "value": 2020},
+        ],
+    },
+    {
+        "operator": "OR",
+        "conditions": [
+            {"field": "meta.draft", "operator": "==", "value": True},
+            {"field": "meta.rating", "operator": ">=", "value": 5.0},
+        ],
+    },
+    {
+        "operator": "NOT",
+        "conditions": [
+            {"field": "meta.topic", "operator": "in", "value": ["sea", "food"]},
+        ],
+    },
 ]
 
 
@@ -125,7 +133,9 @@ def test_other_encoders_are_refused_on_write_and_query(
         store.write_documents(foreign, policy=DuplicatePolicy.OVERWRITE)
     assert minilm.fingerprint.document_space in str(error.value)
     with pytest.raises(DimensionMismatchError, match="8-d embedding"):
-        store.write_documents([Document(id="y", content="short", embedding=[0.1] * 8)], policy=DuplicatePolicy.OVERWRITE)
+        store.write_documents(
+            [Document(id="y", content="short", embedding=[0.1] * 8)], policy=DuplicatePolicy.OVERWRITE
+        )
     assert store.count_documents() == 6
     with pytest.raises(EncoderMismatchError) as error:
         retriever_over(store, encoder=str(other_space_model_dir)).run(query="tides")
@@ -139,7 +149,9 @@ def test_reindexing_is_idempotent(weaviate_env, collection_name, corpus_document
     assert store.count_documents() == len(corpus_documents)
 
 
-def test_unchanged_objects_are_not_sent_again_and_every_change_is(weaviate_env, collection_name, corpus_documents, monkeypatch):
+def test_unchanged_objects_are_not_sent_again_and_every_change_is(
+    weaviate_env, collection_name, corpus_documents, monkeypatch
+):
     from dataclasses import replace
 
     from weaviate.util import generate_uuid5
@@ -148,7 +160,9 @@ def test_unchanged_objects_are_not_sent_again_and_every_change_is(weaviate_env, 
     assert store.write_documents(corpus_documents, policy=DuplicatePolicy.OVERWRITE) == 6
     sent = []
     insert_many = store.collection.data.insert_many
-    monkeypatch.setattr(store.collection.data, "insert_many", lambda objects: sent.append(objects) or insert_many(objects))
+    monkeypatch.setattr(
+        store.collection.data, "insert_many", lambda objects: sent.append(objects) or insert_many(objects)
+    )
 
     # The same documents again (a re-run of the indexing): nothing is sent, all count as written.
     assert store.write_documents(corpus_documents, policy=DuplicatePolicy.OVERWRITE) == 6
@@ -176,7 +190,9 @@ def test_unchanged_objects_are_not_sent_again_and_every_change_is(weaviate_env, 
     np.testing.assert_allclose(stored["bread"].embedding, changed["bread"].embedding, atol=1e-6)
 
 
-def test_dates_are_always_written_again_since_they_read_back_in_another_type(weaviate_env, collection_name, corpus_documents):
+def test_dates_are_always_written_again_since_they_read_back_in_another_type(
+    weaviate_env, collection_name, corpus_documents
+):
     store = weaviate_store(collection_name, meta_fields={**META_FIELDS, "published": "date"})
     first = replace_meta(corpus_documents[0], published="2024-05-01T10:00:00.250Z")
     store.write_documents([first], policy=DuplicatePolicy.OVERWRITE)
@@ -222,18 +238,24 @@ def test_server_killed_during_indexing_then_reindexed_gives_an_exact_count(tmp_p
     server = WeaviateServer(data_dir=tmp_path / "node").start()
     rng = np.random.default_rng(0)
     documents = [
-        Document(id=f"d{i}", content=f"document {i}", meta={DOCUMENT_SPACE_META_KEY: "ds1-synthetic"},
-                 embedding=rng.normal(size=32).tolist())
+        Document(
+            id=f"d{i}",
+            content=f"document {i}",
+            meta={DOCUMENT_SPACE_META_KEY: "ds1-synthetic"},
+            embedding=rng.normal(size=32).tolist(),
+        )
         for i in range(10000)
     ]
     try:
-        store = DualEncoderWeaviateDocumentStore(url=server.url, grpc_port=server.ports.grpc, collection_name="Crash", timeout=5)
+        store = DualEncoderWeaviateDocumentStore(
+            url=server.url, grpc_port=server.ports.grpc, collection_name="Crash", timeout=5
+        )
         outcome = {}
 
         def index():
             try:
                 for start in range(0, len(documents), 500):
-                    store.write_documents(documents[start:start + 500], policy=DuplicatePolicy.OVERWRITE)
+                    store.write_documents(documents[start : start + 500], policy=DuplicatePolicy.OVERWRITE)
                 outcome["finished"] = True
             except WeaviateUnavailableError as error:
                 outcome["error"] = error
@@ -242,7 +264,9 @@ def test_server_killed_during_indexing_then_reindexed_gives_an_exact_count(tmp_p
         # after its schema, and counting in between fails with "non-existing index".
         store.write_documents(documents[:500], policy=DuplicatePolicy.OVERWRITE)
         # A second client watches progress, so the writer's connection is only ever used by the writer.
-        observer = DualEncoderWeaviateDocumentStore(url=server.url, grpc_port=server.ports.grpc, collection_name="Crash", timeout=5)
+        observer = DualEncoderWeaviateDocumentStore(
+            url=server.url, grpc_port=server.ports.grpc, collection_name="Crash", timeout=5
+        )
         worker = threading.Thread(target=index)
         worker.start()
         deadline = time.monotonic() + 120
@@ -254,7 +278,9 @@ def test_server_killed_during_indexing_then_reindexed_gives_an_exact_count(tmp_p
         assert not worker.is_alive(), "indexing hung after the server died"
         assert "error" in outcome and outcome["error"].unconfirmed_ids, outcome
         server.start()
-        restarted = DualEncoderWeaviateDocumentStore(url=server.url, grpc_port=server.ports.grpc, collection_name="Crash", timeout=5)
+        restarted = DualEncoderWeaviateDocumentStore(
+            url=server.url, grpc_port=server.ports.grpc, collection_name="Crash", timeout=5
+        )
         # After a crash the node replays its write-ahead log; gRPC can refuse connections for a few seconds
         # after REST reports ready. This test is about the data, so it waits for gRPC instead of failing.
         deadline = time.monotonic() + 60
@@ -268,9 +294,11 @@ def test_server_killed_during_indexing_then_reindexed_gives_an_exact_count(tmp_p
                 time.sleep(1)
         assert count < len(documents)
         for start in range(0, len(documents), 2000):
-            restarted.write_documents(documents[start:start + 2000], policy=DuplicatePolicy.OVERWRITE)
+            restarted.write_documents(documents[start : start + 2000], policy=DuplicatePolicy.OVERWRITE)
         assert restarted.count_documents() == len(documents)
-        assert {d.id for d in restarted.filter_documents({"field": "id", "operator": "in", "value": ["d0", "d9999"]})} == {"d0", "d9999"}
+        assert {
+            d.id for d in restarted.filter_documents({"field": "id", "operator": "in", "value": ["d0", "d9999"]})
+        } == {"d0", "d9999"}
     finally:
         server.stop()
 
@@ -320,8 +348,9 @@ def test_weaviate_yaml_pipelines_run_with_env_secrets(weaviate_env, monkeypatch)
     assert encoded == []
     query = Pipeline.loads((examples / "weaviate_query_pipeline.yaml").read_text())
     question = "Why do we have summer and winter?"
-    result = query.run({"retriever": {"query": question}, "prompt_builder": {"question": question}},
-                       include_outputs_from={"retriever"})
+    result = query.run(
+        {"retriever": {"query": question}, "prompt_builder": {"question": question}}, include_outputs_from={"retriever"}
+    )
     assert result["retriever"]["documents"][0].id == "seasons"
 
 
@@ -335,25 +364,39 @@ async def test_async_matches_sync(weaviate_env, collection_name, corpus_document
 
 
 def test_round_trips_through_to_dict(monkeypatch):
-    store = DualEncoderWeaviateDocumentStore(collection_name="Rt", similarity="dot", meta_fields={"a": "int"}, grpc_port=1234, timeout=3)
+    store = DualEncoderWeaviateDocumentStore(
+        collection_name="Rt", similarity="dot", meta_fields={"a": "int"}, grpc_port=1234, timeout=3
+    )
     clone = DualEncoderWeaviateDocumentStore.from_dict(store.to_dict())
     assert clone.to_dict() == store.to_dict()
-    assert (clone.collection_name, clone.similarity, clone.meta_fields, clone.grpc_port, clone.timeout) == ("Rt", "dot", {"a": "int"}, 1234, 3)
+    assert (clone.collection_name, clone.similarity, clone.meta_fields, clone.grpc_port, clone.timeout) == (
+        "Rt",
+        "dot",
+        {"a": "int"},
+        1234,
+        3,
+    )
 
 
 def _sample_beir(folder):
     import json
     from importlib import resources
 
-    rows = [json.loads(line) for line in
-            resources.files("dual_encoder.sample_data").joinpath("corpus.jsonl").read_text().splitlines() if line.strip()]
+    rows = [
+        json.loads(line)
+        for line in resources.files("dual_encoder.sample_data").joinpath("corpus.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
     (folder / "qrels").mkdir(parents=True)
-    (folder / "corpus.jsonl").write_text("".join(
-        json.dumps({"_id": row["id"], "title": "", "text": row["content"]}) + "\n" for row in rows))
-    (folder / "queries.jsonl").write_text("".join(
-        json.dumps({"_id": f"q-{row['id']}", "text": row["meta"]["title"]}) + "\n" for row in rows))
+    (folder / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": row["id"], "title": "", "text": row["content"]}) + "\n" for row in rows)
+    )
+    (folder / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": f"q-{row['id']}", "text": row["meta"]["title"]}) + "\n" for row in rows)
+    )
     (folder / "qrels" / "test.tsv").write_text(
-        "query-id\tcorpus-id\tscore\n" + "".join(f"q-{row['id']}\t{row['id']}\t1\n" for row in rows))
+        "query-id\tcorpus-id\tscore\n" + "".join(f"q-{row['id']}\t{row['id']}\t1\n" for row in rows)
+    )
     return folder
 
 
@@ -368,10 +411,20 @@ def test_evaluate_command_scores_weaviate_like_the_embedded_store(weaviate_env, 
 
     folder = _sample_beir(tmp_path / "beir")
     embedded = evaluate_embedded(folder, encoder=DualEncoder("all-MiniLM-L6-v2"), progress_bar=False)
-    result = CliRunner().invoke(app, [
-        "evaluate", str(folder), "--store-type", "weaviate", "--store-option", f"collection={collection_name}",
-        "--no-progress", "--output", str(tmp_path / "weaviate.json"),
-    ])
+    result = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            str(folder),
+            "--store-type",
+            "weaviate",
+            "--store-option",
+            f"collection={collection_name}",
+            "--no-progress",
+            "--output",
+            str(tmp_path / "weaviate.json"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "weaviate store" in result.output
     metrics = json.loads((tmp_path / "weaviate.json").read_text())["metrics"]
@@ -394,8 +447,10 @@ def core_store(weaviate_server, name, **kwargs):
 
 
 def as_records(documents):
-    return [StoredRecord(id=d.id, content=d.content, meta=dict(d.meta), embedding=np.asarray(d.embedding, np.float32))
-            for d in documents]
+    return [
+        StoredRecord(id=d.id, content=d.content, meta=dict(d.meta), embedding=np.asarray(d.embedding, np.float32))
+        for d in documents
+    ]
 
 
 def test_store_plugin_is_found_by_name_and_works(weaviate_env, collection_name, corpus_documents):
@@ -498,9 +553,11 @@ def test_blob_and_sparse_embedding_round_trip(weaviate_env, collection_name, cor
     from haystack.dataclasses import ByteStream, SparseEmbedding
 
     store = weaviate_store(collection_name)
-    document = replace(corpus_documents[0], blob=ByteStream(data=b"\x00\x01binary\xff", mime_type="application/x-test",
-                                                            meta={"source": "test"}),
-                       sparse_embedding=SparseEmbedding(indices=[3, 7], values=[0.5, 0.25]))
+    document = replace(
+        corpus_documents[0],
+        blob=ByteStream(data=b"\x00\x01binary\xff", mime_type="application/x-test", meta={"source": "test"}),
+        sparse_embedding=SparseEmbedding(indices=[3, 7], values=[0.5, 0.25]),
+    )
     store.write_documents([document], policy=DuplicatePolicy.OVERWRITE)
     [stored] = store.filter_documents()
     assert stored.blob == document.blob and stored.sparse_embedding == document.sparse_embedding
@@ -513,8 +570,9 @@ def test_blob_and_sparse_embedding_round_trip(weaviate_env, collection_name, cor
 def test_collections_written_by_weaviate_haystack_keep_working(weaviate_env, collection_name, corpus_documents):
     from haystack_integrations.document_stores.weaviate import WeaviateDocumentStore
 
-    legacy = WeaviateDocumentStore(url=weaviate_env.url, collection_settings={"class": collection_name},
-                                   grpc_port=weaviate_env.ports.grpc)
+    legacy = WeaviateDocumentStore(
+        url=weaviate_env.url, collection_settings={"class": collection_name}, grpc_port=weaviate_env.ports.grpc
+    )
     legacy.write_documents(corpus_documents, policy=DuplicatePolicy.OVERWRITE)
     legacy.client.close()
     store = weaviate_store(collection_name)
@@ -535,8 +593,9 @@ def test_delete_all_forgets_the_recorded_space(weaviate_server, collection_name,
     assert store.embedding_space().dimension == 384
     store.delete_all()
     assert store.count() == 0 and store.embedding_space().document_space is None
-    other = StoredRecord(id="x", content="eight dims", meta={DOCUMENT_SPACE_META_KEY: "ds1-other"},
-                         embedding=np.ones(8, np.float32))
+    other = StoredRecord(
+        id="x", content="eight dims", meta={DOCUMENT_SPACE_META_KEY: "ds1-other"}, embedding=np.ones(8, np.float32)
+    )
     store.upsert([other])
     assert store.embedding_space().dimension == 8
     fresh = core_store(weaviate_server, collection_name)  # the description recorded the new space
@@ -584,28 +643,39 @@ def test_the_weaviate_package_imports_neither_haystack_nor_langchain():
     import subprocess
     import sys
 
-    code = ("import sys, dual_encoder_weaviate.store, dual_encoder_weaviate.cli, dual_encoder.plugins; "
-            "print(sorted({m.split('.')[0] for m in sys.modules if m.startswith(('haystack', 'langchain'))}))")
+    code = (
+        "import sys, dual_encoder_weaviate.store, dual_encoder_weaviate.cli, dual_encoder.plugins; "
+        "print(sorted({m.split('.')[0] for m in sys.modules if m.startswith(('haystack', 'langchain'))}))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 
 
 def test_meta_names_weaviate_reserves_are_stored_escaped_and_read_back(weaviate_server, collection_name):
     """LangChain documents often carry ``metadata={"id": ...}``: reserved names are escaped, never refused."""
-    store = WeaviateStore(url=weaviate_server.url, grpc_port=weaviate_server.ports.grpc, collection=collection_name,
-                          meta_fields={"id": "int"})
+    store = WeaviateStore(
+        url=weaviate_server.url,
+        grpc_port=weaviate_server.ports.grpc,
+        collection=collection_name,
+        meta_fields={"id": "int"},
+    )
     meta = {"id": 7, "content": "in meta", "score": 0.5, "vector": "v", "_id": "x", "_meta_kept": 1, "plain": 2}
     vectors = np.eye(4, dtype=np.float32)
-    store.upsert([StoredRecord(id="doc", content="the text", meta=meta, embedding=vectors[0]),
-                  StoredRecord(id="other", content="in meta", meta={"id": 8}, embedding=vectors[1])])
+    store.upsert(
+        [
+            StoredRecord(id="doc", content="the text", meta=meta, embedding=vectors[0]),
+            StoredRecord(id="other", content="in meta", meta={"id": 8}, embedding=vectors[1]),
+        ]
+    )
     assert store.stored_versions(["doc"])["doc"].meta == meta
     assert store.stored_versions(["doc"])["doc"].content == "the text"
     properties = {p.name: p.data_type.value for p in store.collection.config.get().properties}
     assert properties["_meta_id"] == "int" and "_meta__meta_kept" in properties and "id" not in properties
     by_meta_id = store.vector_search(vectors[0], top_k=5, filters={"field": "meta.id", "operator": "<", "value": 8})
     assert [hit.record.id for hit in by_meta_id.hits] == ["doc"]
-    by_content = store.vector_search(vectors[0], top_k=5, filters={"field": "content", "operator": "==",
-                                                                    "value": "in meta"})
+    by_content = store.vector_search(
+        vectors[0], top_k=5, filters={"field": "content", "operator": "==", "value": "in meta"}
+    )
     assert [hit.record.id for hit in by_content.hits] == ["other"]
     by_meta_content = store.count({"field": "meta.content", "operator": "==", "value": "in meta"})
     assert by_meta_content == 1

@@ -16,12 +16,12 @@ import urllib.request
 
 import numpy as np
 import pytest
-
-from dual_encoder.errors import ConfigurationError
-from dual_encoder.stores import StoredRecord
 from dual_encoder_weaviate.collection import CollectionSettings
 from dual_encoder_weaviate.errors import ReplicaUnavailableError, TenantNotFoundError, WeaviateUnavailableError
 from dual_encoder_weaviate.store import WeaviateStore
+
+from dual_encoder.errors import ConfigurationError
+from dual_encoder.stores import StoredRecord
 
 DIMENSION = 16
 #: Async replication tuned to the server's minimum periods, so a restarted node catches up within seconds.
@@ -32,8 +32,12 @@ REPLICATED = CollectionSettings(replication_factor=3, async_replication=FAST_REP
 def records(start: int, stop: int, *, seed: int = 0, prefix: str = "d") -> list[StoredRecord]:
     rng = np.random.default_rng(seed + start)
     return [
-        StoredRecord(id=f"{prefix}{i}", content=f"document {i}", meta={"n": i},
-                     embedding=rng.standard_normal(DIMENSION).astype(np.float32))
+        StoredRecord(
+            id=f"{prefix}{i}",
+            content=f"document {i}",
+            meta={"n": i},
+            embedding=rng.standard_normal(DIMENSION).astype(np.float32),
+        )
         for i in range(start, stop)
     ]
 
@@ -42,8 +46,12 @@ def cluster_store(cluster, collection: str, level: str | None, nodes=(0, 1, 2), 
     """A store that knows the given nodes (by index), in that order."""
     options.setdefault("settings", REPLICATED)
     return WeaviateStore(
-        url=",".join(cluster.urls[i] for i in nodes), grpc_port=[cluster.grpc_ports[i] for i in nodes],
-        collection=collection, consistency_level=level, timeout=5.0, **options,
+        url=",".join(cluster.urls[i] for i in nodes),
+        grpc_port=[cluster.grpc_ports[i] for i in nodes],
+        collection=collection,
+        consistency_level=level,
+        timeout=5.0,
+        **options,
     )
 
 
@@ -137,15 +145,29 @@ def free_port_block(size: int, attempts: int = 50) -> int:
 
 
 def test_cli_starts_lists_and_stops_a_cluster_with_one_command(tmp_path):
+    from dual_encoder_weaviate.server import WeaviateCluster
     from typer.testing import CliRunner
 
     from dual_encoder.cli import app
-    from dual_encoder_weaviate.server import WeaviateCluster
 
     base = free_port_block(20)  # REST, gRPC, gossip+data, raft+RPC of three nodes
     data = tmp_path / "cluster"
-    command = ["weaviate", "start", "--nodes", "3", "--data", str(data), "--port", str(base), "--grpc-port",
-               str(base + 3), "--gossip-port", str(base + 6), "--raft-port", str(base + 12)]
+    command = [
+        "weaviate",
+        "start",
+        "--nodes",
+        "3",
+        "--data",
+        str(data),
+        "--port",
+        str(base),
+        "--grpc-port",
+        str(base + 3),
+        "--gossip-port",
+        str(base + 6),
+        "--raft-port",
+        str(base + 12),
+    ]
     try:
         started = CliRunner().invoke(app, command)
         assert started.exit_code == 0, started.output
@@ -276,7 +298,7 @@ def test_kill_a_node_during_load_loses_no_write_and_the_node_catches_up(weaviate
             try:
                 hits = query(store, seed).hits
                 answered.append(len(hits))
-            except BaseException as error:  # noqa: BLE001 - any failure fails the test below
+            except BaseException as error:
                 failures.append(error)
 
     reader = threading.Thread(target=query_load, daemon=True)
@@ -329,17 +351,21 @@ def test_kill_a_node_during_load_loses_no_write_and_the_node_catches_up(weaviate
 #: Rotational quantization at 1 bit per dimension (32x smaller vectors in the index), rescoring 1,000 candidates
 #: with the full vectors. Weaviate v1.39's 8-bit RQ does not rescore and ranks SciFact poorly (see
 #: benchmarks/README.md); 8-bit SQ and PQ train only past their training limit and stay uncompressed at this size.
-RQ = {"compression": "rq", "compression_options": {"bits": 1, "rescore_limit": 1000},
-      "vector_index_options": {"ef": 256}}
+RQ = {
+    "compression": "rq",
+    "compression_options": {"bits": 1, "rescore_limit": 1000},
+    "vector_index_options": {"ef": 256},
+}
 
 
 @pytest.mark.scifact
 def test_rq_compression_keeps_scifact_rankings(weaviate_server, scifact_embedded, collection_name):
     """RQ against the uncompressed HNSW index on the 5,183 SciFact documents and 300 test queries: the index
     really is compressed, top-10 overlap >= 0.98, nDCG@10 within 0.005."""
-    from dual_encoder.evaluation import evaluate_run
     from haystack_integrations.components.embedders.dual_encoder import DualEncoderTextEmbedder
     from haystack_integrations.document_stores.dual_encoder import DualEncoderWeaviateDocumentStore
+
+    from dual_encoder.evaluation import evaluate_run
 
     data, documents = scifact_embedded
     embedder = DualEncoderTextEmbedder(encoder="all-MiniLM-L6-v2")
@@ -348,13 +374,19 @@ def test_rq_compression_keeps_scifact_rankings(weaviate_server, scifact_embedded
     runs = {}
     for name, options in (("plain", {}), ("rq", RQ)):
         store = DualEncoderWeaviateDocumentStore(
-            url=weaviate_server.url, grpc_port=weaviate_server.ports.grpc, collection_name=f"{collection_name}{name}",
+            url=weaviate_server.url,
+            grpc_port=weaviate_server.ports.grpc,
+            collection_name=f"{collection_name}{name}",
             **options,
         )
         assert store.write_documents(documents) == len(documents)
         with urllib.request.urlopen(f"{weaviate_server.url}/v1/nodes?output=verbose", timeout=10) as response:
-            shards = [shard for node in json.loads(response.read())["nodes"] for shard in node.get("shards") or []
-                      if shard["class"] == store.collection.name]
+            shards = [
+                shard
+                for node in json.loads(response.read())["nodes"]
+                for shard in node.get("shards") or []
+                if shard["class"] == store.collection.name
+            ]
         assert shards and all(shard.get("compressed", False) == (name == "rq") for shard in shards), shards
         runs[name] = {
             query_id: {doc.id: doc.score for doc in store.embedding_retrieval(vector, top_k=10)}

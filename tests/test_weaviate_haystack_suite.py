@@ -9,7 +9,7 @@ back as absent.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -22,12 +22,17 @@ from haystack.testing.document_store_async import (
     DeleteDocumentsAsyncTest,
     WriteDocumentsAsyncTest,
 )
-
 from haystack_integrations.document_stores.dual_encoder import DualEncoderWeaviateDocumentStore
 
 #: The filterable documents' meta, declared so range filters compare numbers and dates, not text.
-SUITE_META_FIELDS = {"name": "text", "page": "text", "chapter": "text", "number": "int", "date": "date",
-                     "no_embedding": "boolean"}
+SUITE_META_FIELDS = {
+    "name": "text",
+    "page": "text",
+    "chapter": "text",
+    "number": "int",
+    "date": "date",
+    "no_embedding": "boolean",
+}
 
 
 def _normalized(value):
@@ -36,7 +41,7 @@ def _normalized(value):
             parsed = datetime.fromisoformat(value)
         except ValueError:
             return value
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
     return value
 
 
@@ -62,7 +67,10 @@ class TestWeaviateDocumentStoreSuite(
         expected = sorted(expected, key=lambda doc: doc.id)
         for got, want in zip(received, expected):
             assert (got.id, got.content, got.blob, got.sparse_embedding) == (
-                want.id, want.content, want.blob, want.sparse_embedding
+                want.id,
+                want.content,
+                want.blob,
+                want.sparse_embedding,
             )
             if want.embedding is None:
                 assert got.embedding is None

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -44,7 +44,7 @@ def start(
     gossip_port: Annotated[int, typer.Option(help="Cluster: gossip port of node1 (node i: + 2i; data: + 1).")] = 7100,
     raft_port: Annotated[int, typer.Option(help="Cluster: Raft port of node1 (node i: + 2i; RPC: + 1).")] = 8300,
     api_key_env: Annotated[
-        Optional[str], typer.Option(help="Require the API key held in this environment variable.")
+        str | None, typer.Option(help="Require the API key held in this environment variable.")
     ] = None,
 ) -> None:
     """Start a node (or --nodes N of a cluster) on 127.0.0.1 and wait until it is ready (builds weaviate-server the
@@ -66,7 +66,11 @@ def start(
         if api_keys:
             raise WeaviateServerError("--api-key-env is supported for a single node only; start the cluster without.")
         cluster = WeaviateCluster(
-            data_dir=data, nodes=nodes, http_port=port, grpc_port=grpc_port, gossip_port=gossip_port,
+            data_dir=data,
+            nodes=nodes,
+            http_port=port,
+            grpc_port=grpc_port,
+            gossip_port=gossip_port,
             raft_port=raft_port,
         ).start(quiet=False)
         console.print(f"Weaviate {WEAVIATE_VERSION} cluster of {nodes} nodes is ready, data in {cluster.data_dir}:")

@@ -56,7 +56,7 @@ def meta_property(key: str) -> str:
 
 def meta_key(property_name: str) -> str:
     """The meta key stored in property ``property_name`` (the inverse of :func:`meta_property`)."""
-    return property_name[len(META_ESCAPE):] if property_name.startswith(META_ESCAPE) else property_name
+    return property_name[len(META_ESCAPE) :] if property_name.startswith(META_ESCAPE) else property_name
 
 
 #: Weaviate data types accepted in ``meta_fields``.
@@ -167,8 +167,13 @@ def check_collection_similarity(config: Any, similarity: str, name: str) -> None
 def describe_stored_space(space: StoredSpace) -> str:
     """A JSON text recording a stored space, kept as the collection's description."""
     return json.dumps(
-        {"dual_encoder": {"document_space": space.document_space, "dimension": space.dimension,
-                          "similarity": space.similarity}}
+        {
+            "dual_encoder": {
+                "document_space": space.document_space,
+                "dimension": space.dimension,
+                "similarity": space.similarity,
+            }
+        }
     )
 
 
@@ -179,15 +184,25 @@ def parse_stored_space(text: str | None) -> StoredSpace | None:
     except (ValueError, KeyError, TypeError):
         return None
     return StoredSpace(
-        document_space=record.get("document_space"), dimension=record.get("dimension"),
+        document_space=record.get("document_space"),
+        dimension=record.get("dimension"),
         similarity=record.get("similarity"),
     )
 
 
 #: The vector indexes a collection can use, with the settings each accepts (passed to ``Configure.VectorIndex``).
 VECTOR_INDEX_OPTIONS = {
-    "hnsw": ("ef", "ef_construction", "max_connections", "dynamic_ef_min", "dynamic_ef_max", "dynamic_ef_factor",
-             "flat_search_cutoff", "vector_cache_max_objects", "cleanup_interval_seconds"),
+    "hnsw": (
+        "ef",
+        "ef_construction",
+        "max_connections",
+        "dynamic_ef_min",
+        "dynamic_ef_max",
+        "dynamic_ef_factor",
+        "flat_search_cutoff",
+        "vector_cache_max_objects",
+        "cleanup_interval_seconds",
+    ),
     "flat": ("vector_cache_max_objects",),
     "dynamic": ("threshold", "ef", "ef_construction", "max_connections", "vector_cache_max_objects"),
 }
@@ -317,11 +332,17 @@ class CollectionSettings:
             cache = options.pop("vector_cache_max_objects", None)
             flat_quantizer = self.quantizer("flat") if self.compression in ("rq", "bq") else None
             return Configure.VectorIndex.dynamic(
-                distance_metric=distance, threshold=threshold,
-                hnsw=Configure.VectorIndex.hnsw(distance_metric=distance, quantizer=self.quantizer("hnsw"),
-                                                vector_cache_max_objects=cache, **options),
-                flat=Configure.VectorIndex.flat(distance_metric=distance, quantizer=flat_quantizer,
-                                                vector_cache_max_objects=cache),
+                distance_metric=distance,
+                threshold=threshold,
+                hnsw=Configure.VectorIndex.hnsw(
+                    distance_metric=distance,
+                    quantizer=self.quantizer("hnsw"),
+                    vector_cache_max_objects=cache,
+                    **options,
+                ),
+                flat=Configure.VectorIndex.flat(
+                    distance_metric=distance, quantizer=flat_quantizer, vector_cache_max_objects=cache
+                ),
             )
         return Configure.VectorIndex.hnsw(distance_metric=distance, quantizer=self.quantizer("hnsw"), **options)
 

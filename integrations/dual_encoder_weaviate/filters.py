@@ -23,7 +23,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from weaviate.classes.query import Filter
@@ -43,7 +43,7 @@ def property_name(field: str) -> str:
         return ID_PROPERTY
     if field == "content":
         return CONTENT_PROPERTY
-    return meta_property(field[len("meta."):] if field.startswith("meta.") else field)
+    return meta_property(field[len("meta.") :] if field.startswith("meta.") else field)
 
 
 def to_weaviate_filter(filters: Mapping[str, Any] | None, property_types: Mapping[str, str] | None = None) -> Any:
@@ -144,7 +144,7 @@ def _parse_date(text: str) -> datetime | None:
         parsed = datetime.fromisoformat(text)
     except ValueError:
         return None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def _nothing() -> Any:

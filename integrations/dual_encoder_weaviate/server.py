@@ -73,7 +73,11 @@ def ensure_binary(*, quiet: bool = False) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as build_bin:
         environment = {
-            **os.environ, "CGO_ENABLED": "0", "GOTOOLCHAIN": "local", "GOBIN": build_bin, "GOFLAGS": "-buildvcs=false"
+            **os.environ,
+            "CGO_ENABLED": "0",
+            "GOTOOLCHAIN": "local",
+            "GOBIN": build_bin,
+            "GOFLAGS": "-buildvcs=false",
         }
         command = [go, "install", f"{WEAVIATE_MODULE}@v{WEAVIATE_VERSION}"]
         if not quiet:
@@ -335,8 +339,12 @@ class WeaviateServer:
                 pass
 
     def _write_state(self) -> None:
-        state = {"pid": self.pid, "ports": asdict(self.started_ports()), "api_keys_enabled": bool(self.api_keys),
-                 "node_name": self.node_name}
+        state = {
+            "pid": self.pid,
+            "ports": asdict(self.started_ports()),
+            "api_keys_enabled": bool(self.api_keys),
+            "node_name": self.node_name,
+        }
         (self.data_dir / _STATE_FILE).write_text(json.dumps(state, indent=2))
 
     @classmethod
@@ -346,8 +354,12 @@ class WeaviateServer:
         if not state_file.is_file():
             return None
         state = json.loads(state_file.read_text())
-        server = cls(data_dir=Path(data_dir), pid=state["pid"], ports=ServerPorts(**state["ports"]),
-                     node_name=state.get("node_name", "node1"))
+        server = cls(
+            data_dir=Path(data_dir),
+            pid=state["pid"],
+            ports=ServerPorts(**state["ports"]),
+            node_name=state.get("node_name", "node1"),
+        )
         if not server._alive():
             state_file.unlink(missing_ok=True)
             return None
@@ -437,8 +449,14 @@ class WeaviateCluster:
                     )
             if self.gossip_port and self.raft_port:
                 gossip, raft = self.gossip_port + 2 * index, self.raft_port + 2 * index
-                fixed = ServerPorts(http=http or free_port(), grpc=grpc or free_port(), gossip=gossip, data=gossip + 1,
-                                    raft=raft, raft_rpc=raft + 1)
+                fixed = ServerPorts(
+                    http=http or free_port(),
+                    grpc=grpc or free_port(),
+                    gossip=gossip,
+                    data=gossip + 1,
+                    raft=raft,
+                    raft_rpc=raft + 1,
+                )
                 for name, port in (("gossip", gossip), ("data", gossip + 1), ("raft", raft), ("raft RPC", raft + 1)):
                     if _port_in_use(port):
                         raise WeaviateServerError(
@@ -460,8 +478,9 @@ class WeaviateCluster:
                 **({"MEMBERLIST_FAST_FAILURE_DETECTION": "true"} if self.fast_failure_detection else {}),
                 **self.environment,
             }
-            servers.append(WeaviateServer(data_dir=self.data_dir / name, ports=own, node_name=name,
-                                          extra_environment=environment))
+            servers.append(
+                WeaviateServer(data_dir=self.data_dir / name, ports=own, node_name=name, extra_environment=environment)
+            )
         return servers
 
     # --------------------------------------------------------------------------------------- lifecycle
@@ -541,10 +560,13 @@ class WeaviateCluster:
 
     # ----------------------------------------------------------------------------- state for the CLI
     def _write_state(self) -> None:
-        state = {"nodes": self.nodes, "servers": [
-            {"name": s.node_name, "data_dir": s.data_dir.name, "pid": s.pid, "ports": asdict(s.started_ports())}
-            for s in self.servers
-        ]}
+        state = {
+            "nodes": self.nodes,
+            "servers": [
+                {"name": s.node_name, "data_dir": s.data_dir.name, "pid": s.pid, "ports": asdict(s.started_ports())}
+                for s in self.servers
+            ],
+        }
         (self.data_dir / _CLUSTER_STATE_FILE).write_text(json.dumps(state, indent=2))
 
     @classmethod
@@ -558,8 +580,12 @@ class WeaviateCluster:
         state = json.loads(state_file.read_text())
         cluster = cls(data_dir=root, nodes=state["nodes"])
         cluster.servers = [
-            WeaviateServer(data_dir=root / entry["data_dir"], pid=entry["pid"], ports=ServerPorts(**entry["ports"]),
-                           node_name=entry["name"])
+            WeaviateServer(
+                data_dir=root / entry["data_dir"],
+                pid=entry["pid"],
+                ports=ServerPorts(**entry["ports"]),
+                node_name=entry["name"],
+            )
             for entry in state["servers"]
         ]
         for server in cluster.servers:

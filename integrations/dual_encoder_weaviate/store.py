@@ -30,7 +30,7 @@ import os
 import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import Any
 from urllib.parse import urlsplit
 from uuid import UUID
@@ -44,19 +44,19 @@ from dual_encoder.fingerprint import EMBEDDED_INPUT_META_KEY, StoredSpace
 from dual_encoder.stores import DuplicatePolicy, SearchHit, SearchResult, Store, StoredRecord, WriteSummary
 from dual_encoder_weaviate.collection import (
     BLOB_DATA_PROPERTY,
-    CollectionSettings,
     BLOB_MIME_PROPERTY,
     CONTENT_PROPERTY,
     EXTRA_PROPERTY,
     ID_PROPERTY,
     INITIAL_DESCRIPTION,
     LEGACY_SCORE_PROPERTY,
-    meta_key,
-    meta_property,
+    CollectionSettings,
     check_collection_similarity,
     check_meta_fields,
     create_collection,
     describe_stored_space,
+    meta_key,
+    meta_property,
     parse_stored_space,
 )
 from dual_encoder_weaviate.errors import (
@@ -78,9 +78,19 @@ DEFAULT_GRPC_PORT = 50051
 #: Weaviate property names (GraphQL names).
 _PROPERTY_NAME = re.compile(r"^[_A-Za-z][_0-9A-Za-z]{0,230}$")
 #: Messages of client errors that mean the server could not be reached or went away.
-_TRANSPORT_MARKERS = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "Connection refused", "Socket closed", "failed to connect",
-                      "Channel closed", "RST_STREAM", "Connection reset", "timed out", "ConnectError",
-                      "Server disconnected")
+_TRANSPORT_MARKERS = (
+    "UNAVAILABLE",
+    "DEADLINE_EXCEEDED",
+    "Connection refused",
+    "Socket closed",
+    "failed to connect",
+    "Channel closed",
+    "RST_STREAM",
+    "Connection reset",
+    "timed out",
+    "ConnectError",
+    "Server disconnected",
+)
 
 
 CONSISTENCY_LEVELS = ("ONE", "QUORUM", "ALL")
@@ -227,9 +237,17 @@ class WeaviateStore(Store):
         """A store with the same settings bound to ``tenant`` of the same (multi-tenant) collection; it opens its
         own connection on first use."""
         return WeaviateStore(
-            url=self.url, collection=self.collection_name, similarity=self.similarity, meta_fields=self.meta_fields,
-            api_key=self.api_key, api_key_env=self.api_key_env, grpc_port=self.grpc_port, timeout=self.timeout,
-            batch_size=self.batch_size, consistency_level=self.consistency_level, tenant=tenant,
+            url=self.url,
+            collection=self.collection_name,
+            similarity=self.similarity,
+            meta_fields=self.meta_fields,
+            api_key=self.api_key,
+            api_key_env=self.api_key_env,
+            grpc_port=self.grpc_port,
+            timeout=self.timeout,
+            batch_size=self.batch_size,
+            consistency_level=self.consistency_level,
+            tenant=tenant,
             settings=self.settings,
         )
 
@@ -345,8 +363,12 @@ class WeaviateStore(Store):
         client = None
         try:
             client = weaviate.connect_to_custom(
-                http_host=host, http_port=parts.port or (443 if secure else 80), http_secure=secure,
-                grpc_host=host, grpc_port=grpc_port, grpc_secure=secure,
+                http_host=host,
+                http_port=parts.port or (443 if secure else 80),
+                http_secure=secure,
+                grpc_host=host,
+                grpc_port=grpc_port,
+                grpc_secure=secure,
                 auth_credentials=Auth.api_key(key) if key else None,
                 additional_config=AdditionalConfig(
                     timeout=Timeout(init=self.timeout, query=3 * self.timeout, insert=6 * self.timeout)
@@ -403,7 +425,10 @@ class WeaviateStore(Store):
         if not client.collections.exists(self.collection_name):
             try:
                 return create_collection(
-                    client, self.collection_name, similarity=self.similarity, meta_fields=self.meta_fields,
+                    client,
+                    self.collection_name,
+                    similarity=self.similarity,
+                    meta_fields=self.meta_fields,
                     settings=self.settings,
                 )
             except Exception:
@@ -433,8 +458,14 @@ class WeaviateStore(Store):
     async def close_async(self) -> None:
         await asyncio.to_thread(self.close)
 
-    def _call(self, what: str, function: Callable[..., Any] | str, *args: Any, unconfirmed: list[str] | None = None,
-              **kwargs: Any) -> Any:
+    def _call(
+        self,
+        what: str,
+        function: Callable[..., Any] | str,
+        *args: Any,
+        unconfirmed: list[str] | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """Run one client call, turning transport failures into :class:`WeaviateUnavailableError`.
 
         ``function`` given as a path on the collection (``"query.near_vector"``) is sent again to the next node
@@ -461,9 +492,13 @@ class WeaviateStore(Store):
                 self._fail_over(used)
                 if attempt + 1 < attempts:
                     continue
-                written = "" if unconfirmed is None else (
-                    f" {len(unconfirmed)} document(s) may not have been stored. Writes are idempotent: once the server "
-                    f"is back, write the same documents again (`unconfirmed_ids` on this error lists them)."
+                written = (
+                    ""
+                    if unconfirmed is None
+                    else (
+                        f" {len(unconfirmed)} document(s) may not have been stored. Writes are idempotent: once the "
+                        f"server is back, write the same documents again (`unconfirmed_ids` on this error lists them)."
+                    )
                 )
                 tried = f" (after trying all {attempts} nodes)" if attempts > 1 else ""
                 raise WeaviateUnavailableError(
@@ -490,9 +525,7 @@ class WeaviateStore(Store):
                 f"{self.location} has no tenant '{self.tenant}' (Weaviate: {text}). Write to it first (tenants are "
                 f"created on first write when auto_create_tenants is on), or create it, or check the name."
             )
-        return WeaviateRequestError(
-            f"Weaviate refused to {what} in {self.location}: {type(error).__name__}: {text}"
-        )
+        return WeaviateRequestError(f"Weaviate refused to {what} in {self.location}: {type(error).__name__}: {text}")
 
     def _fail_over(self, failed_client: Any) -> None:
         """Drop the connection a call failed on and move to the next node, unless another thread already did
@@ -591,9 +624,12 @@ class WeaviateStore(Store):
             chunk = ids[start : start + ID_CHUNK]
             try:
                 result = self._call(
-                    "read documents by id", "query.fetch_objects",
-                    filters=Filter.by_id().contains_any([generate_uuid5(i) for i in chunk]), limit=len(chunk),
-                    include_vector=True, return_properties=self._return_properties(),
+                    "read documents by id",
+                    "query.fetch_objects",
+                    filters=Filter.by_id().contains_any([generate_uuid5(i) for i in chunk]),
+                    limit=len(chunk),
+                    include_vector=True,
+                    return_properties=self._return_properties(),
                 )
             except TenantNotFoundError:
                 if self.settings.auto_create_tenants:
@@ -615,7 +651,8 @@ class WeaviateStore(Store):
             chunk = records[start : start + self.batch_size]
             objects = [
                 DataObject(
-                    properties=self._to_properties(record, types), uuid=generate_uuid5(record.id),
+                    properties=self._to_properties(record, types),
+                    uuid=generate_uuid5(record.id),
                     vector=None if record.embedding is None else record.embedding.tolist(),
                 )
                 for record in chunk
@@ -626,7 +663,9 @@ class WeaviateStore(Store):
             try:
                 result = self._call(
                     f"write {len(records)} document(s) (the first {start} were written)",
-                    "data.insert_many", objects, unconfirmed=unconfirmed,
+                    "data.insert_many",
+                    objects,
+                    unconfirmed=unconfirmed,
                 )
             except WeaviateRequestError as error:
                 cause = error.__cause__
@@ -648,9 +687,7 @@ class WeaviateStore(Store):
         deleted = 0
         for start in range(0, len(ids), ID_CHUNK):
             uuids = [generate_uuid5(i) for i in ids[start : start + ID_CHUNK]]
-            result = self._call(
-                "delete documents", "data.delete_many", where=Filter.by_id().contains_any(uuids)
-            )
+            result = self._call("delete documents", "data.delete_many", where=Filter.by_id().contains_any(uuids))
             deleted += result.successful
         return deleted
 
@@ -671,7 +708,8 @@ class WeaviateStore(Store):
         self._config = None
         self._call("delete the collection", client.collections.delete, self.collection_name)
         self._collection = self._call(
-            "recreate the collection", client.collections.create_from_config,
+            "recreate the collection",
+            client.collections.create_from_config,
             replaced(config, description=INITIAL_DESCRIPTION),
         )
         if self.consistency_level:
@@ -689,8 +727,11 @@ class WeaviateStore(Store):
                 return []
             if total <= QUERY_MAXIMUM_RESULTS:
                 result = self._call(
-                    "list documents", "query.fetch_objects",
-                    filters=self._where(filters), limit=total, include_vector=True,
+                    "list documents",
+                    "query.fetch_objects",
+                    filters=self._where(filters),
+                    limit=total,
+                    include_vector=True,
                     return_properties=self._return_properties(),
                 )
                 return [self._to_record(item) for item in result.objects]
@@ -706,8 +747,12 @@ class WeaviateStore(Store):
         after = None
         while True:
             page = self._call(
-                "list documents", "query.fetch_objects", limit=PAGE_SIZE, after=after,
-                include_vector=True, return_properties=self._return_properties(),
+                "list documents",
+                "query.fetch_objects",
+                limit=PAGE_SIZE,
+                after=after,
+                include_vector=True,
+                return_properties=self._return_properties(),
             ).objects
             records.extend(self._to_record(item) for item in page)
             if len(page) < PAGE_SIZE:
@@ -722,10 +767,14 @@ class WeaviateStore(Store):
         if exact:
             return self._exact_search(vector, top_k, filters)
         result = self._call(
-            "search by vector", "query.near_vector",
-            near_vector=vector.tolist(), limit=top_k, include_vector=True,
+            "search by vector",
+            "query.near_vector",
+            near_vector=vector.tolist(),
+            limit=top_k,
+            include_vector=True,
             filters=self._where(filters),
-            return_metadata=MetadataQuery(distance=True), return_properties=self._return_properties(),
+            return_metadata=MetadataQuery(distance=True),
+            return_properties=self._return_properties(),
         )
         hits = [
             SearchHit(record=self._to_record(item), score=score_from_distance(item.metadata.distance, self.similarity))
@@ -751,10 +800,15 @@ class WeaviateStore(Store):
         from weaviate.classes.query import MetadataQuery
 
         result = self._call(
-            "search by keyword", "query.bm25",
-            query=text, query_properties=[CONTENT_PROPERTY], limit=top_k, include_vector=True,
+            "search by keyword",
+            "query.bm25",
+            query=text,
+            query_properties=[CONTENT_PROPERTY],
+            limit=top_k,
+            include_vector=True,
             filters=self._where(filters),
-            return_metadata=MetadataQuery(score=True), return_properties=self._return_properties(),
+            return_metadata=MetadataQuery(score=True),
+            return_properties=self._return_properties(),
         )
         hits = [
             SearchHit(record=self._to_record(item), score=float(item.metadata.score or 0.0)) for item in result.objects
@@ -792,10 +846,17 @@ class WeaviateStore(Store):
                 f"Query with the encoder the documents were embedded with."
             )
         result = self._call(
-            "run a hybrid search", "query.hybrid",
-            query=text, vector=query.tolist(), alpha=float(alpha), query_properties=[CONTENT_PROPERTY], limit=top_k,
-            include_vector=True, filters=self._where(filters),
-            return_metadata=MetadataQuery(score=True), return_properties=self._return_properties(),
+            "run a hybrid search",
+            "query.hybrid",
+            query=text,
+            vector=query.tolist(),
+            alpha=float(alpha),
+            query_properties=[CONTENT_PROPERTY],
+            limit=top_k,
+            include_vector=True,
+            filters=self._where(filters),
+            return_metadata=MetadataQuery(score=True),
+            return_properties=self._return_properties(),
         )
         hits = [
             SearchHit(record=self._to_record(item), score=float(item.metadata.score or 0.0)) for item in result.objects
@@ -884,9 +945,27 @@ def open_weaviate_store(**options: str) -> WeaviateStore:
     (``ef:128,max_connections:32``), ``compression`` (``rq``/``bq``/``pq``/``sq``), ``compression_options``
     (``bits:8``).
     """
-    known = ("url", "grpc_port", "collection", "api_key_env", "similarity", "timeout", "batch_size", "meta_fields",
-             "consistency_level", "tenant", "replication_factor", "async_replication", "shards", "multi_tenancy",
-             "auto_create_tenants", "vector_index", "vector_index_options", "compression", "compression_options")
+    known = (
+        "url",
+        "grpc_port",
+        "collection",
+        "api_key_env",
+        "similarity",
+        "timeout",
+        "batch_size",
+        "meta_fields",
+        "consistency_level",
+        "tenant",
+        "replication_factor",
+        "async_replication",
+        "shards",
+        "multi_tenancy",
+        "auto_create_tenants",
+        "vector_index",
+        "vector_index_options",
+        "compression",
+        "compression_options",
+    )
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise ConfigurationError(f"Unknown Weaviate store option(s) {unknown}; the options are {list(known)}.")
@@ -898,8 +977,9 @@ def open_weaviate_store(**options: str) -> WeaviateStore:
         for pair in options[name].split(","):
             key, separator, value = pair.partition(":")
             if not separator or not key.strip():
-                raise ConfigurationError(f"Store option {name} takes key:value pairs separated by commas, got "
-                                         f"{options[name]!r}.")
+                raise ConfigurationError(
+                    f"Store option {name} takes key:value pairs separated by commas, got {options[name]!r}."
+                )
             parsed[key.strip()] = value.strip()
         return parsed
 
@@ -914,8 +994,12 @@ def open_weaviate_store(**options: str) -> WeaviateStore:
     def numbers(values: dict[str, str] | None) -> dict[str, Any] | None:
         if values is None:
             return None
-        return {key: (float(value) if "." in value else int(value)) if value.lower() not in ("true", "false")
-                else value.lower() == "true" for key, value in values.items()}
+        return {
+            key: (float(value) if "." in value else int(value))
+            if value.lower() not in ("true", "false")
+            else value.lower() == "true"
+            for key, value in values.items()
+        }
 
     try:
         settings = CollectionSettings(
@@ -980,7 +1064,7 @@ def _as_rfc3339(value: Any) -> Any:
             return value  # Weaviate names the problem per object
     else:
         return value
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def _from_weaviate_value(value: Any) -> Any:
@@ -996,7 +1080,7 @@ def _from_weaviate_value(value: Any) -> Any:
 
 def _iso(value: datetime) -> str:
     if value.tzinfo is not None:
-        value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        value = value.astimezone(UTC).replace(tzinfo=None)
     return value.isoformat() + "Z"
 
 
@@ -1009,8 +1093,15 @@ def _is_transport_error(error: BaseException) -> bool:
         WeaviateTimeoutError,
     )
 
-    transport = (WeaviateClosedClientError, WeaviateConnectionError, WeaviateGRPCUnavailableError, WeaviateTimeoutError,
-                 httpx.TransportError, ConnectionError, TimeoutError)
+    transport = (
+        WeaviateClosedClientError,
+        WeaviateConnectionError,
+        WeaviateGRPCUnavailableError,
+        WeaviateTimeoutError,
+        httpx.TransportError,
+        ConnectionError,
+        TimeoutError,
+    )
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:

@@ -273,7 +273,12 @@ class DualEncoderVectorStore(VectorStore):
         known = "k, filter, hybrid_alpha, exact, hybrid_fusion and hybrid_candidates"
         _refuse_unknown(kwargs, "similarity_search_with_score", known)
         return self.similarity_search_with_method(
-            query, k, filter, hybrid_alpha, exact=exact, hybrid_fusion=hybrid_fusion,
+            query,
+            k,
+            filter,
+            hybrid_alpha,
+            exact=exact,
+            hybrid_fusion=hybrid_fusion,
             hybrid_candidates=hybrid_candidates,
         )[0]
 
@@ -297,8 +302,15 @@ class DualEncoderVectorStore(VectorStore):
             validate_hybrid(k, filters, hybrid_fusion, hybrid_alpha, hybrid_candidates, None)
             self._require_keyword_search()
             fused = hybrid_search(
-                encoder, self.store, query, top_k=k, filters=filters, fusion=hybrid_fusion, weight=hybrid_alpha,
-                candidates=hybrid_candidates, exact=exact,
+                encoder,
+                self.store,
+                query,
+                top_k=k,
+                filters=filters,
+                fusion=hybrid_fusion,
+                weight=hybrid_alpha,
+                candidates=hybrid_candidates,
+                exact=exact,
             )
             hits = [SearchHit(record=hit.record, score=hit.score) for hit in fused.hits]
             return self._verified(SearchResult(hits=hits, method="hybrid")), "hybrid"
@@ -319,8 +331,14 @@ class DualEncoderVectorStore(VectorStore):
         hybrid_candidates: int | None = None,
     ) -> tuple[list[tuple[Document, float]], str]:
         return await asyncio.to_thread(
-            self.similarity_search_with_method, query, k, filter, hybrid_alpha, exact=exact,
-            hybrid_fusion=hybrid_fusion, hybrid_candidates=hybrid_candidates,
+            self.similarity_search_with_method,
+            query,
+            k,
+            filter,
+            hybrid_alpha,
+            exact=exact,
+            hybrid_fusion=hybrid_fusion,
+            hybrid_candidates=hybrid_candidates,
         )
 
     def similarity_search(

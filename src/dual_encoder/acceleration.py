@@ -61,7 +61,10 @@ logger = logging.getLogger(__name__)
 
 #: Backends and the OpenVINO inference precision each asks for (``None``: plain torch).
 BACKEND_PRECISIONS: dict[str, str | None] = {
-    "torch": None, "openvino": "f32", "openvino-bf16": "bf16", "openvino-int8": "int8",
+    "torch": None,
+    "openvino": "f32",
+    "openvino-bf16": "bf16",
+    "openvino-int8": "int8",
 }
 #: The backend that picks one of :data:`BACKEND_PRECISIONS` for this machine (:func:`resolve_backend`).
 AUTO_BACKEND = "auto"
@@ -238,7 +241,10 @@ def accelerate(model: SentenceTransformer, backend: str, *, name: str, fall_back
         logger.warning(
             "backend='auto': model '%s' cannot run on %s (%s: %s), so it runs on torch in float32. Set "
             "backend='torch' to skip the attempt (and this warning).",
-            name, backend, type(error).__name__, (str(error).splitlines() or [""])[0],
+            name,
+            backend,
+            type(error).__name__,
+            (str(error).splitlines() or [""])[0],
         )
         return "torch"
     for module, forward in forwards:
@@ -314,9 +320,12 @@ def _input_modules(model: SentenceTransformer, name: str) -> list[Any]:
                 f"model '{name}' has {type(module).__name__}. Use backend='torch' for this model."
             )
         modality = module.modality_config.get("text", {})
-        if set(module.modality_config) != {"text"} or modality.get("method") != "forward" or modality.get(
-            "method_output_name"
-        ) not in ("last_hidden_state", ["last_hidden_state"], ("last_hidden_state",)):
+        if (
+            set(module.modality_config) != {"text"}
+            or modality.get("method") != "forward"
+            or modality.get("method_output_name")
+            not in ("last_hidden_state", ["last_hidden_state"], ("last_hidden_state",))
+        ):
             raise ConfigurationError(
                 f"The OpenVINO backends support text transformers whose output is last_hidden_state; model "
                 f"'{name}' is configured with {module.modality_config}. Use backend='torch' for this model."
@@ -358,8 +367,7 @@ def _compile_transformer(core: Any, module: Any, precision: str, *, name: str) -
     parameters = inspect.signature(transformer.forward).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     input_names = [
-        key for key, value in sample.items()
-        if isinstance(value, torch.Tensor) and (key in parameters or takes_any)
+        key for key, value in sample.items() if isinstance(value, torch.Tensor) and (key in parameters or takes_any)
     ]
     if "input_ids" not in input_names or "attention_mask" not in input_names:
         raise ConfigurationError(

@@ -1,21 +1,21 @@
 """The ``dual-encoder`` command line: index, search, demo, combine, evaluate, train, and plug-in sub-apps.
 
-    dual-encoder index notes/ --store my-index
-    dual-encoder search "How do heat pumps work?" --store my-index
-    dual-encoder demo
+dual-encoder index notes/ --store my-index
+dual-encoder search "How do heat pumps work?" --store my-index
+dual-encoder demo
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict
 import os
 import tempfile
 import time
+from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -24,14 +24,14 @@ from rich.table import Table
 from dual_encoder.chunking import PassageSplitter, whole_documents
 from dual_encoder.config import EncoderConfig
 from dual_encoder.documents import build_document_text
-from dual_encoder.encoder import DualEncoder
-from dual_encoder.errors import DualEncoderError
 from dual_encoder.embedded import open_embedded_store
 from dual_encoder.embedded.legacy import is_legacy_store
 from dual_encoder.embedded.storage import DATABASE_FILE
-from dual_encoder.stores import SearchResult, Store
+from dual_encoder.encoder import DualEncoder
+from dual_encoder.errors import DualEncoderError
 from dual_encoder.search import ENCODER_METADATA_KEY, index_documents, search
 from dual_encoder.sources import read_documents
+from dual_encoder.stores import SearchResult, Store
 from dual_encoder.training.config import TrainingConfig
 
 #: Where the index command records, in an embedded store's metadata, how it split documents into passages.
@@ -55,20 +55,21 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _common_options(
-    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     """Dual-encoder retrieval: index and search text."""
 
 
 StoreOption = Annotated[Path, typer.Option("--store", "-s", help="Embedded store directory.")]
 ModelOption = Annotated[
-    Optional[str], typer.Option("--model", "-m", help="Model folder or name (default: all-MiniLM-L6-v2).")
+    str | None, typer.Option("--model", "-m", help="Model folder or name (default: all-MiniLM-L6-v2).")
 ]
 
 
 BackendOption = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         help="torch (float32, default) | auto (openvino-bf16 on CPUs with bf16, else torch) | openvino | "
         "openvino-bf16 | openvino-int8; every backend embeds into the same space."
@@ -76,11 +77,22 @@ BackendOption = Annotated[
 ]
 
 
-def _encoder_config(model: str | None, query_prompt: str | None, document_prompt: str | None, batch_size: int | None,
-                    recorded: dict | None = None, backend: str | None = None) -> EncoderConfig:
+def _encoder_config(
+    model: str | None,
+    query_prompt: str | None,
+    document_prompt: str | None,
+    batch_size: int | None,
+    recorded: dict | None = None,
+    backend: str | None = None,
+) -> EncoderConfig:
     base = dict(recorded or {})
-    overrides = {"model": model, "query_prompt": query_prompt, "document_prompt": document_prompt,
-                 "batch_size": batch_size, "backend": backend}
+    overrides = {
+        "model": model,
+        "query_prompt": query_prompt,
+        "document_prompt": document_prompt,
+        "batch_size": batch_size,
+        "backend": backend,
+    }
     base.update({key: value for key, value in overrides.items() if value is not None})
     return EncoderConfig.from_dict(base)
 
@@ -90,22 +102,38 @@ def index_command(
     source: Annotated[Path, typer.Argument(help="A folder of .txt/.md files, one .txt/.md file, or a .jsonl file.")],
     store: StoreOption = Path("dual-encoder-index"),
     model: ModelOption = None,
-    query_prompt: Annotated[Optional[str], typer.Option(help="Prompt prepended to queries.")] = None,
-    document_prompt: Annotated[Optional[str], typer.Option(help="Prompt prepended to documents.")] = None,
-    meta_field: Annotated[Optional[list[str]], typer.Option(
-        "--meta-field", help="Meta field to embed with the text of every passage (repeatable).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Texts per forward pass.")] = None,
+    query_prompt: Annotated[str | None, typer.Option(help="Prompt prepended to queries.")] = None,
+    document_prompt: Annotated[str | None, typer.Option(help="Prompt prepended to documents.")] = None,
+    meta_field: Annotated[
+        list[str] | None,
+        typer.Option("--meta-field", help="Meta field to embed with the text of every passage (repeatable)."),
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Texts per forward pass.")] = None,
     backend: BackendOption = None,
-    split: Annotated[Optional[bool], typer.Option(
-        "--split/--no-split",
-        help="Split documents longer than the model's limit into passages (default). --no-split embeds each "
-        "document whole: the model then ignores everything past its limit (one warning says how many).")] = None,
-    passage_tokens: Annotated[Optional[int], typer.Option(
-        help="Longest passage, in tokens of the model's tokenizer (an English word is 1-2 tokens). Default (or 0): "
-        "as many as fit the model's max_seq_length with the document prompt.", min=0)] = None,
-    passage_overlap: Annotated[Optional[int], typer.Option(
-        help="Tokens consecutive passages share, so a sentence cut at a boundary is whole in one of them. "
-        "Default: an eighth of the passage size.", min=0)] = None,
+    split: Annotated[
+        bool | None,
+        typer.Option(
+            "--split/--no-split",
+            help="Split documents longer than the model's limit into passages (default). --no-split embeds each "
+            "document whole: the model then ignores everything past its limit (one warning says how many).",
+        ),
+    ] = None,
+    passage_tokens: Annotated[
+        int | None,
+        typer.Option(
+            help="Longest passage, in tokens of the model's tokenizer (an English word is 1-2 tokens). Default (or 0): "
+            "as many as fit the model's max_seq_length with the document prompt.",
+            min=0,
+        ),
+    ] = None,
+    passage_overlap: Annotated[
+        int | None,
+        typer.Option(
+            help="Tokens consecutive passages share, so a sentence cut at a boundary is whole in one of them. "
+            "Default: an eighth of the passage size.",
+            min=0,
+        ),
+    ] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Split documents into passages, embed them with the document tower and add them to an embedded store.
@@ -121,10 +149,12 @@ def index_command(
         )
     _check_store_folder(store, must_exist=False)
     index = open_embedded_store(store)
-    config = _encoder_config(model, query_prompt, document_prompt, batch_size, index.metadata.get(ENCODER_METADATA_KEY),
-                             backend=backend)
-    passage_settings = _passage_settings(index.metadata.get(PASSAGES_METADATA_KEY), split, passage_tokens,
-                                         passage_overlap)
+    config = _encoder_config(
+        model, query_prompt, document_prompt, batch_size, index.metadata.get(ENCODER_METADATA_KEY), backend=backend
+    )
+    passage_settings = _passage_settings(
+        index.metadata.get(PASSAGES_METADATA_KEY), split, passage_tokens, passage_overlap
+    )
     encoder = DualEncoder(config)
     started = time.perf_counter()
     if passage_settings["split"]:
@@ -137,8 +167,9 @@ def index_command(
         passages = splitter.split_documents(documents)
     else:
         passages = whole_documents(documents)
-    summary = index_documents(encoder, index, passages, meta_fields_to_embed=meta_field or (), progress_bar=progress,
-                              replace_sources=True)
+    summary = index_documents(
+        encoder, index, passages, meta_fields_to_embed=meta_field or (), progress_bar=progress, replace_sources=True
+    )
     index.set_metadata(ENCODER_METADATA_KEY, config.to_dict())
     index.set_metadata(PASSAGES_METADATA_KEY, passage_settings)
     split_note = f" as {len(passages)} passages" if passage_settings["split"] else ""
@@ -173,8 +204,9 @@ def _check_store_folder(store: Path, *, must_exist: bool) -> None:
         )
 
 
-def _passage_settings(recorded: dict | None, split: bool | None, max_tokens: int | None,
-                      overlap_tokens: int | None) -> dict:
+def _passage_settings(
+    recorded: dict | None, split: bool | None, max_tokens: int | None, overlap_tokens: int | None
+) -> dict:
     """The passage settings of this run: the options given, else those recorded in the store, else the defaults."""
     settings = {"split": True, "max_tokens": None, "overlap_tokens": None, **(recorded or {})}
     if split is not None:
@@ -193,18 +225,24 @@ def search_command(
     question: Annotated[str, typer.Argument(help="The question to search for.")],
     store: StoreOption = Path("dual-encoder-index"),
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Number of results.")] = 5,
-    filters: Annotated[Optional[str], typer.Option("--filters", help="Haystack-syntax filter as JSON.")] = None,
+    filters: Annotated[str | None, typer.Option("--filters", help="Haystack-syntax filter as JSON.")] = None,
     model: ModelOption = None,
     backend: BackendOption = None,
-    as_json: Annotated[bool, typer.Option(
-        "--json", help="Print the results as one JSON document (query, method, results with id, score, content and "
-        "meta) and nothing else on stdout.")] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print the results as one JSON document (query, method, results with id, score, content and "
+            "meta) and nothing else on stdout.",
+        ),
+    ] = False,
 ) -> None:
     """Search an embedded store; the encoder recorded at indexing time is used unless --model is given."""
     _check_store_folder(store, must_exist=True)
     if not question.strip():
-        raise DualEncoderError("The question is empty; pass the text to search for, e.g. dual-encoder search "
-                               "\"How do heat pumps work?\"")
+        raise DualEncoderError(
+            'The question is empty; pass the text to search for, e.g. dual-encoder search "How do heat pumps work?"'
+        )
     try:
         parsed_filters = json.loads(filters) if filters else None
     except json.JSONDecodeError as error:
@@ -213,8 +251,11 @@ def search_command(
     config = _encoder_config(model, None, None, None, index.metadata.get(ENCODER_METADATA_KEY), backend=backend)
     result = search(DualEncoder(config), index, question, top_k=top_k, filters=parsed_filters)
     if as_json:
-        typer.echo(json.dumps(_results_as_json(question, result, top_k, parsed_filters), ensure_ascii=False,
-                              indent=2, default=str))
+        typer.echo(
+            json.dumps(
+                _results_as_json(question, result, top_k, parsed_filters), ensure_ascii=False, indent=2, default=str
+            )
+        )
     else:
         _print_hits(question, result)
 
@@ -226,8 +267,13 @@ def _results_as_json(question: str, result: SearchResult, top_k: int, filters: A
         "top_k": top_k,
         "filters": filters,
         "results": [
-            {"rank": rank, "id": hit.record.id, "score": float(hit.score), "content": hit.record.content,
-             "meta": hit.record.meta}
+            {
+                "rank": rank,
+                "id": hit.record.id,
+                "score": float(hit.score),
+                "content": hit.record.content,
+                "meta": hit.record.meta,
+            }
             for rank, hit in enumerate(result.hits, start=1)
         ],
     }
@@ -235,14 +281,18 @@ def _results_as_json(question: str, result: SearchResult, top_k: int, filters: A
 
 @app.command("demo")
 def demo_command(
-    store: Annotated[Optional[Path], typer.Option("--store", "-s", help="Keep the demo store here (default: a temporary directory).")] = None,
+    store: Annotated[
+        Path | None, typer.Option("--store", "-s", help="Keep the demo store here (default: a temporary directory).")
+    ] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Results per question.")] = 3,
 ) -> None:
     """Index the bundled sample corpus into the embedded store and answer a few questions."""
     if store is not None:
         _check_store_folder(store, must_exist=False)
     sample = resources.files("dual_encoder") / "sample_data"
-    questions = [line.strip() for line in (sample / "questions.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
+    questions = [
+        line.strip() for line in (sample / "questions.txt").read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
     with tempfile.TemporaryDirectory(prefix="dual-encoder-demo-") as temporary:
         directory = store or Path(temporary) / "index"
         with resources.as_file(sample / "corpus.jsonl") as corpus:
@@ -252,8 +302,8 @@ def demo_command(
         started = time.perf_counter()
         summary = index_documents(encoder, index, documents, meta_fields_to_embed=["title"], progress_bar=False)
         console.print(
-            f"[bold]Indexed {len(documents)} sample passages[/bold] ({summary.encoded} encoded) into the embedded store "
-            f"at {directory} in {time.perf_counter() - started:.1f} s with all-MiniLM-L6-v2 "
+            f"[bold]Indexed {len(documents)} sample passages[/bold] ({summary.encoded} encoded) into the embedded "
+            f"store at {directory} in {time.perf_counter() - started:.1f} s with all-MiniLM-L6-v2 "
             f"({encoder.dimension}-d, {encoder.similarity}; fingerprint {encoder.fingerprint.document_space})."
         )
         for question in questions:
@@ -264,8 +314,12 @@ def demo_command(
 def combine_command(
     output: Annotated[Path, typer.Argument(help="Folder to save the asymmetric model to.")],
     document_model: Annotated[str, typer.Option(help="Model for the document tower.")] = "all-MiniLM-L6-v2",
-    query_model: Annotated[Optional[str], typer.Option(help="Model for the query tower (default: the document model).")] = None,
-    query_layers: Annotated[Optional[int], typer.Option(help="Keep only the first N transformer layers of the query tower.")] = None,
+    query_model: Annotated[
+        str | None, typer.Option(help="Model for the query tower (default: the document model).")
+    ] = None,
+    query_layers: Annotated[
+        int | None, typer.Option(help="Keep only the first N transformer layers of the query tower.")
+    ] = None,
 ) -> None:
     """Build an asymmetric encoder (a Router model) from two towers and save it."""
     from dual_encoder.models import load_shared_model
@@ -282,23 +336,50 @@ def combine_command(
 
 @app.command("evaluate")
 def evaluate_command(
-    folder: Annotated[Path, typer.Argument(help="A BEIR-layout folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv).")],
+    folder: Annotated[
+        Path, typer.Argument(help="A BEIR-layout folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv).")
+    ],
     split: Annotated[str, typer.Option(help="Which qrels split to evaluate.")] = "test",
     model: ModelOption = None,
-    query_prompt: Annotated[Optional[str], typer.Option(help="Prompt prepended to queries.")] = None,
-    document_prompt: Annotated[Optional[str], typer.Option(help="Prompt prepended to documents.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Texts per forward pass.")] = None,
+    query_prompt: Annotated[str | None, typer.Option(help="Prompt prepended to queries.")] = None,
+    document_prompt: Annotated[str | None, typer.Option(help="Prompt prepended to documents.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Texts per forward pass.")] = None,
     backend: BackendOption = None,
-    store: Annotated[Optional[Path], typer.Option("--store", "-s", help="Keep the embedded index here (re-runs skip unchanged documents).")] = None,
-    store_type: Annotated[str, typer.Option(help="embedded, or the name of a store plug-in (configured with --store-option).")] = "embedded",
-    store_option: Annotated[Optional[list[str]], typer.Option("--store-option", help="key=value for a plug-in store (repeatable), e.g. url=http://127.0.0.1:8080 collection=SciFact.")] = None,
-    exact: Annotated[Optional[bool], typer.Option("--exact/--approximate", help="Force exact or approximate search (default: the store chooses).")] = None,
-    retrieval: Annotated[str, typer.Option(help="vector (the dual encoder), keyword (the store's BM25) or hybrid (both, fused).")] = "vector",
-    fusion: Annotated[Optional[str], typer.Option(help="Hybrid only: weighted (normalised scores) or rrf (reciprocal ranks); default weighted.")] = None,
-    weight: Annotated[Optional[float], typer.Option(help="Hybrid only: the vector side's share, 0 (keyword only) to 1 (vector only); default 0.4.")] = None,
-    candidates: Annotated[Optional[int], typer.Option(help="Hybrid only: documents per side before fusing, also the ranking depth; default 100.")] = None,
-    output: Annotated[Optional[Path], typer.Option(help="Write the metrics as JSON here.")] = None,
-    plot: Annotated[Optional[Path], typer.Option(help="Write a PNG of recall@k here.")] = None,
+    store: Annotated[
+        Path | None,
+        typer.Option("--store", "-s", help="Keep the embedded index here (re-runs skip unchanged documents)."),
+    ] = None,
+    store_type: Annotated[
+        str, typer.Option(help="embedded, or the name of a store plug-in (configured with --store-option).")
+    ] = "embedded",
+    store_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--store-option",
+            help="key=value for a plug-in store (repeatable), e.g. url=http://127.0.0.1:8080 collection=SciFact.",
+        ),
+    ] = None,
+    exact: Annotated[
+        bool | None,
+        typer.Option("--exact/--approximate", help="Force exact or approximate search (default: the store chooses)."),
+    ] = None,
+    retrieval: Annotated[
+        str, typer.Option(help="vector (the dual encoder), keyword (the store's BM25) or hybrid (both, fused).")
+    ] = "vector",
+    fusion: Annotated[
+        str | None,
+        typer.Option(help="Hybrid only: weighted (normalised scores) or rrf (reciprocal ranks); default weighted."),
+    ] = None,
+    weight: Annotated[
+        float | None,
+        typer.Option(help="Hybrid only: the vector side's share, 0 (keyword only) to 1 (vector only); default 0.4."),
+    ] = None,
+    candidates: Annotated[
+        int | None,
+        typer.Option(help="Hybrid only: documents per side before fusing, also the ranking depth; default 100."),
+    ] = None,
+    output: Annotated[Path | None, typer.Option(help="Write the metrics as JSON here.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write a PNG of recall@k here.")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
 ) -> None:
     """Embed a BEIR corpus into a store and report nDCG@10, Recall@10/100, MRR@10 and MAP@100."""
@@ -315,19 +396,42 @@ def evaluate_command(
         target: Store = open_embedded_store(store, similarity=encoder.similarity)
     else:
         if store is not None:
-            raise typer.BadParameter(f"--store is the embedded store's folder; with --store-type {store_type} use --store-option.")
+            raise typer.BadParameter(
+                f"--store is the embedded store's folder; with --store-type {store_type} use --store-option."
+            )
         # Evaluation corpora go to their own collection unless one is named, never into the users' default one.
         target = open_store(store_type, **{"collection": "DualEncoderEvaluation", **parse_options(store_option)})
     started = time.perf_counter()
-    report = evaluate_store(folder, split=split, encoder=encoder, store=target, progress_bar=progress, exact=exact,
-                            retrieval=retrieval, fusion=fusion, weight=weight, candidates=candidates)
-    method = retrieval if report.fusion is None else (
-        f"hybrid ({report.fusion['fusion']}, weight {report.fusion['weight']}, {report.fusion['candidates']} candidates)")
-    table = Table(title=f"{folder.name} ({split}): {report.queries} queries, {report.documents} documents, "
-                        f"model {encoder.config.model}, {store_type} store, {method} retrieval", title_justify="left")
+    report = evaluate_store(
+        folder,
+        split=split,
+        encoder=encoder,
+        store=target,
+        progress_bar=progress,
+        exact=exact,
+        retrieval=retrieval,
+        fusion=fusion,
+        weight=weight,
+        candidates=candidates,
+    )
+    method = (
+        retrieval
+        if report.fusion is None
+        else (
+            f"hybrid ({report.fusion['fusion']}, weight {report.fusion['weight']}, "
+            f"{report.fusion['candidates']} candidates)"
+        )
+    )
+    table = Table(
+        title=f"{folder.name} ({split}): {report.queries} queries, {report.documents} documents, "
+        f"model {encoder.config.model}, {store_type} store, {method} retrieval",
+        title_justify="left",
+    )
     for name in ("ndcg@10", "recall@10", "recall@100", "mrr@10", "map@100"):
         table.add_column(name, justify="right")
-    table.add_row(*(f"{report.metrics[name]:.4f}" for name in ("ndcg@10", "recall@10", "recall@100", "mrr@10", "map@100")))
+    table.add_row(
+        *(f"{report.metrics[name]:.4f}" for name in ("ndcg@10", "recall@10", "recall@100", "mrr@10", "map@100"))
+    )
     console.print(table)
     for note in report.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
@@ -342,45 +446,82 @@ def evaluate_command(
 
 @app.command("train")
 def train_command(
-    data: Annotated[Path, typer.Argument(help="A BEIR-layout folder (qrels/train.tsv) or a .jsonl of {query, positive[, negative]}.")],
+    data: Annotated[
+        Path,
+        typer.Argument(help="A BEIR-layout folder (qrels/train.tsv) or a .jsonl of {query, positive[, negative]}."),
+    ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the trained model and its report.")],
     model: Annotated[str, typer.Option("--model", "-m", help="Base model to start from.")] = "all-MiniLM-L6-v2",
-    architecture: Annotated[str, typer.Option(help="siamese | asymmetric | asymmetric-shared-projection | asymmetric-frozen-embeddings | light-query")] = "siamese",
-    query_model: Annotated[Optional[str], typer.Option(help="Asymmetric architectures: start the query tower from this model.")] = None,
-    loss: Annotated[str, typer.Option(help="mnrl | cached-mnrl | gist | cached-gist | triplet")] = _TRAINING_DEFAULTS.loss,
+    architecture: Annotated[
+        str,
+        typer.Option(
+            help="siamese | asymmetric | asymmetric-shared-projection | asymmetric-frozen-embeddings | light-query"
+        ),
+    ] = "siamese",
+    query_model: Annotated[
+        str | None, typer.Option(help="Asymmetric architectures: start the query tower from this model.")
+    ] = None,
+    loss: Annotated[
+        str, typer.Option(help="mnrl | cached-mnrl | gist | cached-gist | triplet")
+    ] = _TRAINING_DEFAULTS.loss,
     epochs: Annotated[float, typer.Option(help="Passes over the training pairs.")] = _TRAINING_DEFAULTS.epochs,
-    learning_rate: Annotated[float, typer.Option(
-        help="Peak learning rate (linear warm-up, then linear decay).")] = _TRAINING_DEFAULTS.learning_rate,
-    batch_size: Annotated[int, typer.Option(
-        help="Pairs per step (each query's in-batch negatives).")] = _TRAINING_DEFAULTS.batch_size,
-    mini_batch_size: Annotated[int, typer.Option(
-        help="Texts per forward pass for cached-mnrl (memory, not results).")] = _TRAINING_DEFAULTS.mini_batch_size,
-    hard_negatives: Annotated[int, typer.Option(help="Hard negatives mined per pair with the base model (0: none).")] = 1,
-    negative_ranks: Annotated[str, typer.Option(help="Rank window FIRST:LAST the hard negatives are drawn from.")] = "10:50",
-    negative_margin: Annotated[float, typer.Option(
-        help="Mined negatives score at most (1 - margin) x the positive's score (0: no margin).")] = (
-        _TRAINING_DEFAULTS.negative_relative_margin),
+    learning_rate: Annotated[
+        float, typer.Option(help="Peak learning rate (linear warm-up, then linear decay).")
+    ] = _TRAINING_DEFAULTS.learning_rate,
+    batch_size: Annotated[
+        int, typer.Option(help="Pairs per step (each query's in-batch negatives).")
+    ] = _TRAINING_DEFAULTS.batch_size,
+    mini_batch_size: Annotated[
+        int, typer.Option(help="Texts per forward pass for cached-mnrl (memory, not results).")
+    ] = _TRAINING_DEFAULTS.mini_batch_size,
+    hard_negatives: Annotated[
+        int, typer.Option(help="Hard negatives mined per pair with the base model (0: none).")
+    ] = 1,
+    negative_ranks: Annotated[
+        str, typer.Option(help="Rank window FIRST:LAST the hard negatives are drawn from.")
+    ] = "10:50",
+    negative_margin: Annotated[
+        float, typer.Option(help="Mined negatives score at most (1 - margin) x the positive's score (0: no margin).")
+    ] = (_TRAINING_DEFAULTS.negative_relative_margin),
     query_layers: Annotated[int, typer.Option(help="light-query: layers the query tower keeps.")] = 3,
     light_query_objective: Annotated[str, typer.Option(help="light-query: distill | contrastive | both.")] = "both",
     split: Annotated[str, typer.Option(help="BEIR split to train on.")] = "train",
-    dev_split: Annotated[Optional[str], typer.Option(help="BEIR split to evaluate on during training (default: hold out --dev-fraction of train).")] = None,
+    dev_split: Annotated[
+        str | None,
+        typer.Option(help="BEIR split to evaluate on during training (default: hold out --dev-fraction of train)."),
+    ] = None,
     dev_fraction: Annotated[float, typer.Option(help="Share of training queries held out for evaluation.")] = 0.1,
-    eval_corpus_size: Annotated[int, typer.Option(
-        help="Documents the dev evaluation searches (0: the whole corpus).")] = _TRAINING_DEFAULTS.eval_corpus_size,
-    max_steps: Annotated[int, typer.Option(
-        help="Step budget: stop after the epochs or this many steps, whichever comes first (0: no budget).")] = (
-        _TRAINING_DEFAULTS.max_steps),
-    min_improvement: Annotated[float, typer.Option(
-        help="Guard: a checkpoint replaces the base model only if its dev nDCG@10 gain exceeds this many standard "
-        "errors.")] = _TRAINING_DEFAULTS.min_improvement_standard_errors,
-    max_seq_length: Annotated[Optional[int], typer.Option(help="Token limit while training and for the saved model.")] = None,
-    train_document_tokens: Annotated[int, typer.Option(
-        help="Train on only the first N tokens of each document (faster steps; 0: all of them); the saved model "
-        "keeps its full limit.")] = _TRAINING_DEFAULTS.train_document_tokens,
-    query_prompt: Annotated[Optional[str], typer.Option(help="Prompt for queries, saved with the model.")] = None,
-    document_prompt: Annotated[Optional[str], typer.Option(help="Prompt for documents, saved with the model.")] = None,
-    precision: Annotated[str, typer.Option(
-        help="auto (bf16 where the CPU has native bfloat16, else fp32) | fp32 | bf16.")] = _TRAINING_DEFAULTS.precision,
+    eval_corpus_size: Annotated[
+        int, typer.Option(help="Documents the dev evaluation searches (0: the whole corpus).")
+    ] = _TRAINING_DEFAULTS.eval_corpus_size,
+    max_steps: Annotated[
+        int,
+        typer.Option(
+            help="Step budget: stop after the epochs or this many steps, whichever comes first (0: no budget)."
+        ),
+    ] = (_TRAINING_DEFAULTS.max_steps),
+    min_improvement: Annotated[
+        float,
+        typer.Option(
+            help="Guard: a checkpoint replaces the base model only if its dev nDCG@10 gain exceeds this many standard "
+            "errors."
+        ),
+    ] = _TRAINING_DEFAULTS.min_improvement_standard_errors,
+    max_seq_length: Annotated[
+        int | None, typer.Option(help="Token limit while training and for the saved model.")
+    ] = None,
+    train_document_tokens: Annotated[
+        int,
+        typer.Option(
+            help="Train on only the first N tokens of each document (faster steps; 0: all of them); the saved model "
+            "keeps its full limit."
+        ),
+    ] = _TRAINING_DEFAULTS.train_document_tokens,
+    query_prompt: Annotated[str | None, typer.Option(help="Prompt for queries, saved with the model.")] = None,
+    document_prompt: Annotated[str | None, typer.Option(help="Prompt for documents, saved with the model.")] = None,
+    precision: Annotated[
+        str, typer.Option(help="auto (bf16 where the CPU has native bfloat16, else fp32) | fp32 | bf16.")
+    ] = _TRAINING_DEFAULTS.precision,
     seed: Annotated[int, typer.Option(help="Seed for the dev split, negatives, shuffling and initialisation.")] = 42,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
 ) -> None:
@@ -397,39 +538,69 @@ def train_command(
     except ValueError:
         raise typer.BadParameter(f"--negative-ranks must look like 10:50, got {negative_ranks!r}.") from None
     config = TrainingConfig(
-        data=data, output=output, base_model=model, architecture=architecture, query_model=query_model, loss=loss, epochs=epochs,
-        learning_rate=learning_rate, batch_size=batch_size, mini_batch_size=mini_batch_size,
-        hard_negatives=hard_negatives, negative_rank_range=(first, last), query_layers=query_layers,
-        light_query_objective=light_query_objective, split=split, dev_split=dev_split, dev_fraction=dev_fraction,
-        eval_corpus_size=eval_corpus_size or None, max_steps=max_steps or None, max_seq_length=max_seq_length,
-        negative_relative_margin=negative_margin, min_improvement_standard_errors=min_improvement,
+        data=data,
+        output=output,
+        base_model=model,
+        architecture=architecture,
+        query_model=query_model,
+        loss=loss,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        mini_batch_size=mini_batch_size,
+        hard_negatives=hard_negatives,
+        negative_rank_range=(first, last),
+        query_layers=query_layers,
+        light_query_objective=light_query_objective,
+        split=split,
+        dev_split=dev_split,
+        dev_fraction=dev_fraction,
+        eval_corpus_size=eval_corpus_size or None,
+        max_steps=max_steps or None,
+        max_seq_length=max_seq_length,
+        negative_relative_margin=negative_margin,
+        min_improvement_standard_errors=min_improvement,
         train_document_tokens=train_document_tokens or None,
-        query_prompt=query_prompt, document_prompt=document_prompt, precision=precision, seed=seed,
+        query_prompt=query_prompt,
+        document_prompt=document_prompt,
+        precision=precision,
+        seed=seed,
         progress_bar=progress,
     )
     result = train(config, announce=console.print)
     report = result.report
     if report["dev_before"] is not None:
         guard = report["guard"]
-        table = Table(title=f"dev slice: {report['dev_corpus']['dev_queries']} queries over {report['dev_corpus']['description']}",
-                      title_justify="left")
+        table = Table(
+            title=(
+                f"dev slice: {report['dev_corpus']['dev_queries']} queries over {report['dev_corpus']['description']}"
+            ),
+            title_justify="left",
+        )
         for column in ("model", "step", *report["dev_before"], "gain (nDCG@10)", "std. error", "beats base"):
             table.add_column(column, justify="left" if column == "model" else "right")
         table.add_row("base", "0", *(f"{value:.4f}" for value in report["dev_before"].values()), "", "", "")
         for row in guard["checkpoints"]:
-            table.add_row("checkpoint" + (" (saved)" if row["step"] == guard["chosen_step"] else ""), str(row["step"]),
-                          *(f"{row[name]:.4f}" for name in report["dev_before"]), f"{row['gain']:+.4f}",
-                          f"{row['standard_error']:.4f}", "yes" if row["beats_base"] else "no")
+            table.add_row(
+                "checkpoint" + (" (saved)" if row["step"] == guard["chosen_step"] else ""),
+                str(row["step"]),
+                *(f"{row[name]:.4f}" for name in report["dev_before"]),
+                f"{row['gain']:+.4f}",
+                f"{row['standard_error']:.4f}",
+                "yes" if row["beats_base"] else "no",
+            )
         console.print(table)
     for note in report["data"]["notes"]:
         console.print(f"[yellow]note:[/yellow] {note}")
     if report["interrupted"]:
-        console.print("[yellow]Training was interrupted; the model as it was then was compared with the base model.[/yellow]")
+        console.print(
+            "[yellow]Training was interrupted; the model as it was then was compared with the base model.[/yellow]"
+        )
     if report["document_index_still_valid"]:
         console.print(f"Documents keep the base model's fingerprint: an index built with {model} stays valid.")
     console.print(
-        f"Trained {report['steps']} steps in {report['timings']['training_seconds']:.0f} s. Model: [bold]{result.model_path}[/bold]; "
-        f"report: {result.report_path}; curves: {result.plot_path}"
+        f"Trained {report['steps']} steps in {report['timings']['training_seconds']:.0f} s. "
+        f"Model: [bold]{result.model_path}[/bold]; report: {result.report_path}; curves: {result.plot_path}"
     )
     if result.status == NO_IMPROVEMENT:
         console.print(f"[bold yellow]{report['message']}[/bold yellow]")

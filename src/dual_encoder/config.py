@@ -228,9 +228,7 @@ class EncoderConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ConfigurationError(
-                f"Unknown encoder parameter(s) {unknown}. Valid parameters are: {sorted(known)}."
-            )
+            raise ConfigurationError(f"Unknown encoder parameter(s) {unknown}. Valid parameters are: {sorted(known)}.")
         return cls(**data)
 
     @classmethod

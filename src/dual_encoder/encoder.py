@@ -320,8 +320,12 @@ class DualEncoder:
         if model.training or not (one_batch or self._own_batch_loop):
             encode = model.encode_query if route == QUERY_ROUTE else model.encode_document
             vectors = encode(
-                list(texts), prompt=prompt, batch_size=batch_size, show_progress_bar=progress_bar,
-                convert_to_numpy=True, normalize_embeddings=self._normalize_outside_model(),
+                list(texts),
+                prompt=prompt,
+                batch_size=batch_size,
+                show_progress_bar=progress_bar,
+                convert_to_numpy=True,
+                normalize_embeddings=self._normalize_outside_model(),
             )
             return np.ascontiguousarray(vectors, dtype=np.float32)
         if one_batch:
@@ -338,13 +342,18 @@ class DualEncoder:
         streams = throughput_requests(_input_module(model, route))
         request_size = -(-batch_size // streams)
         order = sorted(range(len(texts)), key=lambda position: -len(texts[position]))
-        batches = [order[start:start + request_size] for start in range(0, len(order), request_size)]
+        batches = [order[start : start + request_size] for start in range(0, len(order), request_size)]
         vectors = np.empty((len(texts), self.dimension), dtype=np.float32)
         role = "queries" if route == QUERY_ROUTE else "documents"
-        with tqdm(
-            total=len(texts), desc=f"Encoding {role}", unit="query" if route == QUERY_ROUTE else "document",
-            disable=not progress_bar,
-        ) as progress, ThreadPoolExecutor(max_workers=streams, thread_name_prefix="dual-encoder-stream") as pool:
+        with (
+            tqdm(
+                total=len(texts),
+                desc=f"Encoding {role}",
+                unit="query" if route == QUERY_ROUTE else "document",
+                disable=not progress_bar,
+            ) as progress,
+            ThreadPoolExecutor(max_workers=streams, thread_name_prefix="dual-encoder-stream") as pool,
+        ):
             running = [
                 pool.submit(self._run_in_stream, [texts[p] for p in batch], route=route, prompt=prompt)
                 for batch in batches

@@ -137,9 +137,7 @@ def load_beir(folder: str | Path, split: str = "test") -> BeirDataset:
     return BeirDataset(corpus=corpus, queries=queries, qrels=qrels, unknown_document_judgements=unknown, notes=notes)
 
 
-def evaluate_run(
-    qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]]
-) -> dict[str, float]:
+def evaluate_run(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
     """Mean nDCG@10, Recall@10/100, MRR@10 and MAP@100 over the judged queries (a query missing from
     ``run`` counts 0), plus ``recall@k`` for every k of :data:`RECALL_CURVE_KS`."""
     import pytrec_eval
@@ -289,17 +287,32 @@ def evaluate_store(
         depth = fusion_options["candidates"]
         for query_id in _progress(query_ids, progress_bar, "hybrid search"):
             fused = hybrid_search(
-                encoder, store, data.queries[query_id] or " ", top_k=depth, fusion=fusion_options["fusion"],
-                weight=fusion_options["weight"], candidates=depth, exact=exact,
+                encoder,
+                store,
+                data.queries[query_id] or " ",
+                top_k=depth,
+                fusion=fusion_options["fusion"],
+                weight=fusion_options["weight"],
+                candidates=depth,
+                exact=exact,
             )
-            methods.add(f"hybrid ({fusion_options['fusion']}, weight {fusion_options['weight']}, {depth} candidates"
-                        f" per side; vector side {fused.vector_method})")
+            methods.add(
+                f"hybrid ({fusion_options['fusion']}, weight {fusion_options['weight']}, {depth} candidates"
+                f" per side; vector side {fused.vector_method})"
+            )
             run[query_id] = {hit.record.id: hit.score for hit in fused.hits}
     notes.append(f"search: {', '.join(sorted(methods)) or 'none'} ({store.location})")
     return EvaluationReport(
-        dataset=str(folder), split=split, encoder=encoder.config.to_dict(), documents=len(data.corpus),
-        queries=len(query_ids), depth=depth, metrics=evaluate_run(data.qrels, run), notes=notes,
-        retrieval=method, fusion=fusion_options,
+        dataset=str(folder),
+        split=split,
+        encoder=encoder.config.to_dict(),
+        documents=len(data.corpus),
+        queries=len(query_ids),
+        depth=depth,
+        metrics=evaluate_run(data.qrels, run),
+        notes=notes,
+        retrieval=method,
+        fusion=fusion_options,
     )
 
 

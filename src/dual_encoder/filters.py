@@ -46,16 +46,24 @@ def compile_filter(filters: Mapping[str, Any] | None) -> Predicate | None:
 
 def _compile(node: Any, path: str) -> Predicate:
     if not isinstance(node, Mapping):
-        raise FilterError(f"{path} must be a dict with 'field'/'operator'/'value' or 'operator'/'conditions', got {node!r}.")
+        raise FilterError(
+            f"{path} must be a dict with 'field'/'operator'/'value' or 'operator'/'conditions', got {node!r}."
+        )
     if "field" in node:
         return _compile_comparison(node, path)
     if "operator" not in node:
-        raise FilterError(f"'operator' key missing in {path}: {dict(node)}. Logical filters need 'operator' and 'conditions'.")
+        raise FilterError(
+            f"'operator' key missing in {path}: {dict(node)}. Logical filters need 'operator' and 'conditions'."
+        )
     if "conditions" not in node:
-        raise FilterError(f"'conditions' key missing in {path}: {dict(node)}. Logical filters need a list of conditions.")
+        raise FilterError(
+            f"'conditions' key missing in {path}: {dict(node)}. Logical filters need a list of conditions."
+        )
     operator = node["operator"]
     if operator not in LOGICAL_OPERATORS:
-        raise FilterError(f"Unknown logical operator {operator!r} in {path}. Valid logical operators are: {list(LOGICAL_OPERATORS)}.")
+        raise FilterError(
+            f"Unknown logical operator {operator!r} in {path}. Valid logical operators are: {list(LOGICAL_OPERATORS)}."
+        )
     conditions = node["conditions"]
     if not isinstance(conditions, list):
         raise FilterError(f"'conditions' in {path} must be a list, got {type(conditions).__name__}.")
@@ -70,13 +78,16 @@ def _compile(node: Any, path: str) -> Predicate:
 def _compile_comparison(node: Mapping[str, Any], path: str) -> Predicate:
     for key in ("operator", "value"):
         if key not in node:
-            raise FilterError(f"'{key}' key missing in {path}: {dict(node)}. Comparisons need 'field', 'operator' and 'value'.")
+            raise FilterError(
+                f"'{key}' key missing in {path}: {dict(node)}. Comparisons need 'field', 'operator' and 'value'."
+            )
     field, operator, expected = node["field"], node["operator"], node["value"]
     if not isinstance(field, str) or not field:
         raise FilterError(f"'field' in {path} must be a non-empty string such as 'meta.year', got {field!r}.")
     if operator not in COMPARISON_OPERATORS:
         raise FilterError(
-            f"Unknown comparison operator {operator!r} in {path}. Valid comparison operators are: {list(COMPARISON_OPERATORS)}."
+            f"Unknown comparison operator {operator!r} in {path}. Valid comparison operators are: "
+            f"{list(COMPARISON_OPERATORS)}."
         )
     if operator in ("in", "not in") and not isinstance(expected, list):
         raise FilterError(
@@ -187,7 +198,9 @@ def _ordering(op: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]:
         if isinstance(value, datetime) and isinstance(expected, datetime):
             value, expected = _align_timezones(value, expected)
         if isinstance(value, datetime) != isinstance(expected, datetime):
-            raise FilterError("Can't compare a datetime with a non-datetime value using operators '>', '>=', '<', '<='.")
+            raise FilterError(
+                "Can't compare a datetime with a non-datetime value using operators '>', '>=', '<', '<='."
+            )
         try:
             return op(value, expected)
         except TypeError as error:

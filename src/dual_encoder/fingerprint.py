@@ -177,9 +177,7 @@ def check_store_compatible(encoder: EncoderFingerprint, stored: StoredSpace | No
     """Refuse an encoder whose space, dimension or similarity differs from what a store holds."""
     if stored is None:
         return
-    check_space_compatible(
-        encoder, stored_space=stored.document_space, stored_dimension=stored.dimension, where=where
-    )
+    check_space_compatible(encoder, stored_space=stored.document_space, stored_dimension=stored.dimension, where=where)
     if stored.similarity is not None and stored.similarity != encoder.similarity:
         raise EncoderMismatchError(
             f"Similarity mismatch: {where} scores with {stored.similarity!r}, but this encoder uses "

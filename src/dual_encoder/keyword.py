@@ -460,9 +460,7 @@ class KeywordIndex:
         self._row[slots] = np.arange(slots.shape[0])
 
     # -------------------------------------------------------------------------------------- reading
-    def search(
-        self, text: str, k: int, allowed: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, text: str, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` best-scoring slots for ``text`` (int64) and their BM25 scores (float32), best first.
 
         Only documents that contain at least one query word are returned, so fewer than ``k`` may come back;

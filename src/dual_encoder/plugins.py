@@ -20,9 +20,8 @@ Example (a package's ``pyproject.toml``, then the core)::
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from importlib.metadata import EntryPoint, entry_points
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from dual_encoder.errors import ConfigurationError
 
@@ -90,4 +89,3 @@ def parse_options(pairs: list[str] | None) -> dict[str, str]:
             raise ConfigurationError(f"Store options look like key=value, got {pair!r}.")
         options[key.strip()] = value
     return options
-

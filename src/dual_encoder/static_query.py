@@ -201,7 +201,7 @@ class StaticQueryEncoder:
         truncated = 0
         for position, encoding in enumerate(encodings):
             ids = encoding.ids
-            if all(token in self._unknown for token in ids[self._prompt_tokens:]):
+            if all(token in self._unknown for token in ids[self._prompt_tokens :]):
                 raise self._unknown_tokens_error(position, texts[position], len(ids) - self._prompt_tokens)
             if encoding.overflowing:
                 truncated += 1
@@ -229,7 +229,10 @@ class StaticQueryEncoder:
         logger.warning(
             "%d of %d queries are longer than the static query tower's limit of %d tokens and were truncated; only "
             "their first %d tokens are embedded. This warning is shown once per loaded tower.",
-            truncated, total, self.max_tokens, self.max_tokens,
+            truncated,
+            total,
+            self.max_tokens,
+            self.max_tokens,
         )
 
 
@@ -388,8 +391,7 @@ def model_file_digests(model_folder: Path) -> dict[str, str]:
             # A module saved at the top level (a Router keeps its routes' folders there): everything but the
             # export itself, training by-products and checkpoints.
             files.update(
-                p for p in model_folder.rglob("*")
-                if p.is_file() and not _outside_model(p.relative_to(model_folder))
+                p for p in model_folder.rglob("*") if p.is_file() and not _outside_model(p.relative_to(model_folder))
             )
         elif module_folder.is_dir():
             files.update(p for p in module_folder.rglob("*") if p.is_file())
@@ -398,8 +400,10 @@ def model_file_digests(model_folder: Path) -> dict[str, str]:
 
 def _outside_model(relative: Path) -> bool:
     top = relative.parts[0]
-    return top in (EXPORT_FOLDER, "checkpoints") or top.startswith(".") or (
-        len(relative.parts) == 1 and top in _NOT_MODEL_FILES
+    return (
+        top in (EXPORT_FOLDER, "checkpoints")
+        or top.startswith(".")
+        or (len(relative.parts) == 1 and top in _NOT_MODEL_FILES)
     )
 
 
@@ -494,8 +498,12 @@ def static_query_encoder_from_model(
         return None
     tokenizer, table = static_query_table(model)
     return StaticQueryEncoder(
-        tokenizer=tokenizer, table=table, prompt=prompt, normalize=normalize,
-        unknown_token_ids=unknown_token_ids(tokenizer), name=name,
+        tokenizer=tokenizer,
+        table=table,
+        prompt=prompt,
+        normalize=normalize,
+        unknown_token_ids=unknown_token_ids(tokenizer),
+        name=name,
     )
 
 

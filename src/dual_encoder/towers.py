@@ -82,8 +82,7 @@ def keep_first_layers(model: SentenceTransformer, num_layers: int) -> SentenceTr
     layers = getattr(encoder, "layer", None)
     if not isinstance(layers, torch.nn.ModuleList):
         raise ConfigurationError(
-            f"Cannot cut layers of a {type(backbone).__name__}: only BERT-style encoders (encoder.layer) are "
-            f"supported."
+            f"Cannot cut layers of a {type(backbone).__name__}: only BERT-style encoders (encoder.layer) are supported."
         )
     if num_layers > len(layers):
         raise ConfigurationError(f"The model has {len(layers)} layers; cannot keep {num_layers}.")

@@ -29,6 +29,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
@@ -64,8 +65,12 @@ _EPOCH = datetime(1970, 1, 1)
 _MICROSECOND = timedelta(microseconds=1)
 _FIXED_TZ = (timezone, _dateutil_tz.tzutc, _dateutil_tz.tzoffset)
 
-_NUMPY_ORDER: dict[str, Callable[[Any, Any], Any]] = {">": np.greater, ">=": np.greater_equal, "<": np.less,
-                                                      "<=": np.less_equal}
+_NUMPY_ORDER: dict[str, Callable[[Any, Any], Any]] = {
+    ">": np.greater,
+    ">=": np.greater_equal,
+    "<": np.less,
+    "<=": np.less_equal,
+}
 _SCALAR_TYPES = (type(None), bool, int, float, str, datetime)
 # Types of meta values that are never mappings (JSON leaves and lists).
 _LEAF_TYPES = frozenset({type(None), bool, int, float, str, list})
@@ -142,7 +147,7 @@ def _order_numbers(numbers: np.ndarray, operator: str, value: bool | int | float
 class _DateTable:
     """Parsed dates of a column's distinct strings, extended as the dictionary grows."""
 
-    __slots__ = ("kind", "wall", "instant", "ready", "count_aware", "count_slow")
+    __slots__ = ("count_aware", "count_slow", "instant", "kind", "ready", "wall")
 
     def __init__(self) -> None:
         self.kind = np.zeros(0, np.int8)
@@ -164,7 +169,7 @@ class _DateTable:
                 grown[: self.ready] = getattr(self, name)[: self.ready]
                 setattr(self, name, grown)
         kinds, walls, instants = [], [], []
-        for moment in map(parse, vocabulary[self.ready:size]):
+        for moment in map(parse, vocabulary[self.ready : size]):
             if moment is not None and moment.tzinfo is None:  # the common case, inlined
                 wall = (moment - _EPOCH) // _MICROSECOND
                 kinds.append(_NAIVE)
@@ -183,9 +188,9 @@ class _DateTable:
             walls.append(wall)
             instants.append(wall - offset)
         kind = np.array(kinds, dtype=np.int8)
-        self.kind[self.ready:size] = kind
-        self.wall[self.ready:size] = walls
-        self.instant[self.ready:size] = instants
+        self.kind[self.ready : size] = kind
+        self.wall[self.ready : size] = walls
+        self.instant[self.ready : size] = instants
         self.count_aware += int(np.count_nonzero(kind == _AWARE))
         self.count_slow += int(np.count_nonzero(kind == _SLOW))
         self.ready = size
@@ -214,8 +219,21 @@ def _parse_ordering_date(text: str) -> datetime | None:
 class _Column:
     """One field over rows ``0..n-1``: kinds, numbers, string codes, and the values of rows of other kinds."""
 
-    __slots__ = ("kind", "number", "code", "other", "vocabulary", "codes_of", "count_number", "count_string",
-                 "equal_dates", "order_dates", "order_kind", "order_wall", "order_instant")
+    __slots__ = (
+        "code",
+        "codes_of",
+        "count_number",
+        "count_string",
+        "equal_dates",
+        "kind",
+        "number",
+        "order_dates",
+        "order_instant",
+        "order_kind",
+        "order_wall",
+        "other",
+        "vocabulary",
+    )
 
     def __init__(self, capacity: int) -> None:
         self.kind = np.zeros(capacity, np.int8)
@@ -501,7 +519,7 @@ class MetaColumns:
                 if name in self._texts:
                     target = self._texts[name]
                     if contiguous:
-                        target[first: last + 1] = values
+                        target[first : last + 1] = values
                     else:
                         for position, value in zip(listed, values):
                             target[position] = value
@@ -518,7 +536,7 @@ class MetaColumns:
             rows = np.array(listed, dtype=np.intp)
             self._occupied[rows] = False
             nothing = [None] * len(listed)
-            for name, target in self._texts.items():
+            for target in self._texts.values():
                 for position in listed:
                     target[position] = None
             for column in self._text_columns.values():
@@ -625,8 +643,10 @@ class MetaColumns:
             return None, np.zeros(0, np.intp)
         compact = self._compact.get(path)
         if compact is None:
-            compact = self._compact[path] = (np.fromiter(entries, np.intp, len(entries)),
-                                             _Column.of(list(entries.values())))
+            compact = self._compact[path] = (
+                np.fromiter(entries, np.intp, len(entries)),
+                _Column.of(list(entries.values())),
+            )
         return compact[1], compact[0]
 
     # ------------------------------------------------------------------------------------------ filtering
@@ -693,8 +713,9 @@ class MetaColumns:
         return out
 
 
-def _compare_column(column: _Column, operator: str, value: Any, alive: np.ndarray,
-                    size: int | None = None) -> np.ndarray:
+def _compare_column(
+    column: _Column, operator: str, value: Any, alive: np.ndarray, size: int | None = None
+) -> np.ndarray:
     """``<row value> operator value`` for rows ``0..size-1`` of ``column`` (``alive``: the rows evaluated)."""
     size = alive.size if size is None else size
     if operator in ("==", "!="):
@@ -733,7 +754,7 @@ def _equal(column: _Column, candidates: list[Any], alive: np.ndarray, size: int)
         for candidate in candidates:
             if type(candidate) in (bool, int, float):
                 number, exact = _as_float(candidate)
-                if exact and number == number:  # no float equals NaN or an int it cannot represent
+                if exact and not math.isnan(number):  # no float equals NaN or an int it cannot represent
                     numbers.append(number)
         if numbers:
             out |= (kind == _NUM) & _equals_any(column._numbers()[:size], numbers)
@@ -744,8 +765,9 @@ def _equal(column: _Column, candidates: list[Any], alive: np.ndarray, size: int)
     return out
 
 
-def _equal_strings(column: _Column, candidates: list[Any], alive: np.ndarray, kind: np.ndarray, out: np.ndarray,
-                   size: int) -> None:
+def _equal_strings(
+    column: _Column, candidates: list[Any], alive: np.ndarray, kind: np.ndarray, out: np.ndarray, size: int
+) -> None:
     codes: list[int] = []
     moments: list[tuple[int, int | None]] = []
     slow = False
@@ -817,8 +839,15 @@ def _order(column: _Column, operator: str, value: Any, alive: np.ndarray, size: 
     return out
 
 
-def _order_strings(column: _Column, operator: str, value: str | datetime, alive: np.ndarray, kind: np.ndarray,
-                   out: np.ndarray, size: int) -> None:
+def _order_strings(
+    column: _Column,
+    operator: str,
+    value: str | datetime,
+    alive: np.ndarray,
+    kind: np.ndarray,
+    out: np.ndarray,
+    size: int,
+) -> None:
     moment = value if type(value) is datetime else None
     if moment is None:
         try:
@@ -841,7 +870,8 @@ def _order_strings(column: _Column, operator: str, value: str | datetime, alive:
             out |= ((row_kind == _NAIVE) | (row_kind == _AWARE)) & compare(wall, moment_wall)
         else:
             out |= ((row_kind == _NAIVE) & compare(wall, moment_wall)) | (
-                (row_kind == _AWARE) & compare(instant, moment_wall - offset))
+                (row_kind == _AWARE) & compare(instant, moment_wall - offset)
+            )
     else:
         out |= (row_kind == _NAIVE) & compare(wall, moment_wall)
     if column.order_dates.count_slow:

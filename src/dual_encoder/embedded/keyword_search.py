@@ -58,6 +58,7 @@ class KeywordSearchMixin:
 
         @property
         def _db(self) -> sqlite3.Connection: ...
+
         _end: int
         _generation: int
         _info: dict[str, Any]
@@ -118,7 +119,9 @@ class KeywordSearchMixin:
             if count:
                 logger.info(
                     "Building the keyword index of %s over %d documents (once: it is kept current and saved "
-                    "beside the store).", self.location, count
+                    "beside the store).",
+                    self.location,
+                    count,
                 )
             cursor = self._db.execute("SELECT slot, content FROM docs")
             while rows := cursor.fetchmany(_BUILD_CHUNK):
@@ -181,8 +184,9 @@ class KeywordSearchMixin:
             temporary.write_text(json.dumps({"folder": name, "generation": self._generation}), encoding="utf-8")
             os.replace(temporary, self.path / _POINTER)
         except OSError as error:
-            logger.warning("Could not save the keyword index of %s (%s); it is rebuilt when needed.",
-                           self.location, error)
+            logger.warning(
+                "Could not save the keyword index of %s (%s); it is rebuilt when needed.", self.location, error
+            )
             return
         self._keyword_saved_generation = self._generation
         for old in self.path.glob(f"{_PREFIX}*"):

@@ -69,9 +69,7 @@ import numpy as np
 try:
     import faiss
 except ImportError as error:  # pragma: no cover - faiss-cpu is a dependency
-    raise ImportError(
-        "dual_encoder.embedded.quantised needs faiss-cpu: pip install 'faiss-cpu>=1.15,<1.16'"
-    ) from error
+    raise ImportError("dual_encoder.embedded.quantised needs faiss-cpu: pip install 'faiss-cpu>=1.15,<1.16'") from error
 
 __all__ = ["QuantisedVectors"]
 
@@ -343,7 +341,10 @@ class QuantisedVectors:
             rows = np.flatnonzero(book.encoded)
             end = int(rows.max()) + 1 if len(rows) else 0
             arrays.update(
-                lower=book.lower, width=book.width, codes=book.codes[:end], encoded=book.encoded[:end],
+                lower=book.lower,
+                width=book.width,
+                codes=book.codes[:end],
+                encoded=book.encoded[:end],
                 outliers=book.outliers,
             )
         arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
@@ -404,12 +405,19 @@ class QuantisedVectors:
             ) from error
         if not consistent:
             raise ValueError(f"The quantised vectors '{path}' are inconsistent. Delete it: the store rebuilds it.")
-        book = loaded._empty_book(lower.astype(np.float32), (lower + width).astype(np.float32), len(encoded),
-                                  margin=False, width=width.astype(np.float32))
+        book = loaded._empty_book(
+            lower.astype(np.float32),
+            (lower + width).astype(np.float32),
+            len(encoded),
+            margin=False,
+            width=width.astype(np.float32),
+        )
         _read_codes(path, book.codes[: len(encoded)])
         book.encoded[: len(encoded)] = encoded
         loaded._book = dataclasses.replace(
-            book, residual_max=float(header["residual_max"]), norm_max=float(header["norm_max"]),
+            book,
+            residual_max=float(header["residual_max"]),
+            norm_max=float(header["norm_max"]),
             outliers=outliers.astype(np.int64),
         )
         return loaded
@@ -443,7 +451,12 @@ class QuantisedVectors:
         return min(per_dimension, residual) + rounding
 
     def _empty_book(
-        self, lower: np.ndarray, upper: np.ndarray, capacity: int, *, margin: bool = True,
+        self,
+        lower: np.ndarray,
+        upper: np.ndarray,
+        capacity: int,
+        *,
+        margin: bool = True,
         width: np.ndarray | None = None,
     ) -> _Book:
         lower = np.asarray(lower, dtype=np.float32)
@@ -465,8 +478,14 @@ class QuantisedVectors:
         # Zero-filled by the resize; rows only count once `encoded` says so.
         codes = faiss.rev_swig_ptr(index.codes.data(), capacity * self.dimension).reshape(capacity, self.dimension)
         return _Book(
-            lower=lower, width=width, index=index, codes=codes, encoded=np.zeros(capacity, dtype=bool),
-            residual_max=0.0, norm_max=0.0, outliers=np.zeros(0, dtype=np.int64),
+            lower=lower,
+            width=width,
+            index=index,
+            codes=codes,
+            encoded=np.zeros(capacity, dtype=bool),
+            residual_max=0.0,
+            norm_max=0.0,
+            outliers=np.zeros(0, dtype=np.int64),
         )
 
     def _new_book(self, prepared: np.ndarray, rows: int) -> _Book:

@@ -61,25 +61,6 @@ from typing import Any
 import numpy as np
 
 from dual_encoder.config import SIMILARITIES
-from dual_encoder.errors import (
-    ConfigurationError,
-    DimensionMismatchError,
-    EncoderMismatchError,
-    InvalidDocumentError,
-    StoreFormatError,
-)
-from dual_encoder.filters import compile_filter
-from dual_encoder.fingerprint import StoredSpace
-from dual_encoder.stores.contract import (
-    DuplicatePolicy,
-    SearchHit,
-    SearchMethod,
-    SearchResult,
-    Store,
-    StoredRecord,
-    check_json_safe,
-)
-
 from dual_encoder.embedded import legacy
 from dual_encoder.embedded.keyword_search import KeywordSearchMixin
 from dual_encoder.embedded.storage import (
@@ -99,6 +80,24 @@ from dual_encoder.embedded.storage import (
     read_info,
     write_checkpoint,
     write_info,
+)
+from dual_encoder.errors import (
+    ConfigurationError,
+    DimensionMismatchError,
+    EncoderMismatchError,
+    InvalidDocumentError,
+    StoreFormatError,
+)
+from dual_encoder.filters import compile_filter
+from dual_encoder.fingerprint import StoredSpace
+from dual_encoder.stores.contract import (
+    DuplicatePolicy,
+    SearchHit,
+    SearchMethod,
+    SearchResult,
+    Store,
+    StoredRecord,
+    check_json_safe,
 )
 
 logger = logging.getLogger(__name__)
@@ -254,8 +253,9 @@ class EmbeddedStore(KeywordSearchMixin, Store):
     def _vector_file(self) -> VectorFile:
         """The open vector file; only valid once the store has recorded its embedding space."""
         if self._vectors is None:
-            raise RuntimeError(f"{self.location} has no vector file open yet; it is created when the first "
-                               "embedding is written.")
+            raise RuntimeError(
+                f"{self.location} has no vector file open yet; it is created when the first embedding is written."
+            )
         return self._vectors
 
     def _open(self) -> None:
@@ -414,8 +414,12 @@ class EmbeddedStore(KeywordSearchMixin, Store):
                 self.path / CHECKPOINT_FILE,
                 self._generation,
                 self._info.get("vectors_file"),
-                {"live": self._live[:end], "has_vector": self._has_vector[:end], "seq": self._seq[:end],
-                 "inv_norms": self._inv_norms[:end]},
+                {
+                    "live": self._live[:end],
+                    "has_vector": self._has_vector[:end],
+                    "seq": self._seq[:end],
+                    "inv_norms": self._inv_norms[:end],
+                },
             )
             self._checkpoint_generation = self._generation
 
@@ -449,9 +453,7 @@ class EmbeddedStore(KeywordSearchMixin, Store):
         assert self.path is not None
         current = self._info.get("vectors_file")
         orphans = [
-            file
-            for file in self.path.glob(f"{VECTOR_FILE_PREFIX}*{VECTOR_FILE_SUFFIX}")
-            if file.name != current
+            file for file in self.path.glob(f"{VECTOR_FILE_PREFIX}*{VECTOR_FILE_SUFFIX}") if file.name != current
         ]
         # Temporary files of a process killed while saving a checkpoint or the approximate index.
         stale = [file for file in self.path.glob(".*.tmp") if time.time() - _mtime(file) > 600]
@@ -513,9 +515,7 @@ class EmbeddedStore(KeywordSearchMixin, Store):
                             "SELECT DISTINCT slot FROM changes WHERE gen > ?", (self._generation,)
                         )
                     ]
-                    rows = self._select_by_slots(
-                        "slot, seq, norm, has_vector, id, content, meta", changed, order=False
-                    )
+                    rows = self._select_by_slots("slot, seq, norm, has_vector, id, content, meta", changed, order=False)
             finally:
                 connection.execute("COMMIT")
         if reload:
@@ -548,9 +548,7 @@ class EmbeddedStore(KeywordSearchMixin, Store):
             if len(freed):
                 self._columns.clear_rows(freed)
             if len(slots):
-                self._columns.set_rows(
-                    slots, [(row[4], row[5], _loads(row[6])) for row in present.values()]
-                )
+                self._columns.set_rows(slots, [(row[4], row[5], _loads(row[6])) for row in present.values()])
         self._derived_indexes_changed(freed, slots)
         self._keyword_changed(freed, list(present), [row[5] for row in present.values()])
 
@@ -663,15 +661,14 @@ class EmbeddedStore(KeywordSearchMixin, Store):
     def _check_record(self, record: StoredRecord) -> None:
         check_json_safe(record)
 
-    def _write(self, records: Sequence[StoredRecord], policy: DuplicatePolicy) -> None:
+    def _write(self, records: Sequence[StoredRecord], policy: DuplicatePolicy) -> None:  # noqa: PLR0912
         if not records:
             return
         with self._lock, self._writer.held():
             self._ready()
             connection = self._db
             existing = {
-                row[1]: row
-                for row in self._select_in("slot, id, seq, has_vector, crc", "id", [r.id for r in records])
+                row[1]: row for row in self._select_in("slot, id, seq, has_vector, crc", "id", [r.id for r in records])
             }
             in_place: list[tuple[int, StoredRecord]] = []
             placed: list[tuple[StoredRecord, int | None, int | None]] = []  # record, old slot, kept seq
@@ -696,8 +693,9 @@ class EmbeddedStore(KeywordSearchMixin, Store):
                 if self._vectors is None:
                     # Another process emptied the store since upsert() recorded the space: record it again.
                     first = placed[with_vectors[0]][0]
-                    self._record_space(StoredSpace(document_space=first.document_space,
-                                                   dimension=int(new_vectors[0].shape[0])))
+                    self._record_space(
+                        StoredSpace(document_space=first.document_space, dimension=int(new_vectors[0].shape[0]))
+                    )
                     self._vector_file.ensure_capacity(top)
                 self._vector_file.write_rows(slots[with_vectors], np.stack(new_vectors))
                 self._vector_file.sync()
@@ -732,8 +730,17 @@ class EmbeddedStore(KeywordSearchMixin, Store):
                     "INSERT INTO docs (slot, id, seq, content, meta, extra, has_vector, norm, crc) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [
-                        (slot, r.id, seq, r.content, _json(r.meta), _json(r.extra), r.embedding is not None,
-                         _norm(r.embedding), crcs[r.id])
+                        (
+                            slot,
+                            r.id,
+                            seq,
+                            r.content,
+                            _json(r.meta),
+                            _json(r.extra),
+                            r.embedding is not None,
+                            _norm(r.embedding),
+                            crcs[r.id],
+                        )
                         for slot, seq, r in inserts
                     ],
                 )
@@ -1057,15 +1064,20 @@ class EmbeddedStore(KeywordSearchMixin, Store):
                 self.path / str(pointer["file"]), self._vector_file.dimension, self.similarity, vectors=self._ann_rows
             )
         except Exception as error:  # a damaged or foreign file is only a cache: rebuild it
-            logger.warning("Rebuilding the %s of %s: the saved one did not load (%s).", kind.label, self.location,
-                           error)
+            logger.warning(
+                "Rebuilding the %s of %s: the saved one did not load (%s).", kind.label, self.location, error
+            )
             return None
         if generation < self._generation:
             with database_errors(self._database_file):
                 changed = np.array(
-                    [row[0] for row in self._db.execute(
-                        "SELECT DISTINCT slot FROM changes WHERE gen > ? AND gen <= ?", (generation, self._generation)
-                    )],
+                    [
+                        row[0]
+                        for row in self._db.execute(
+                            "SELECT DISTINCT slot FROM changes WHERE gen > ? AND gen <= ?",
+                            (generation, self._generation),
+                        )
+                    ],
                     dtype=np.int64,
                 )
             keep = np.zeros(len(changed), dtype=bool)
@@ -1105,8 +1117,9 @@ class EmbeddedStore(KeywordSearchMixin, Store):
             temporary.write_text(json.dumps(pointer), encoding="utf-8")
             os.replace(temporary, pointer_file)
         except OSError as error:
-            logger.warning("Could not save the %s of %s (%s); it is rebuilt when needed.", kind.label,
-                           self.location, error)
+            logger.warning(
+                "Could not save the %s of %s (%s); it is rebuilt when needed.", kind.label, self.location, error
+            )
             return
         self._saved_generation[kind.attribute] = self._generation
         for old in self.path.glob(f"{kind.prefix}*"):
@@ -1137,13 +1150,18 @@ class EmbeddedStore(KeywordSearchMixin, Store):
             return None
         index = self._load_saved(_EXACT_SEARCH_CODES, QuantisedVectors)
         if index is not None and not np.array_equal(index.encoded(end), self._live[:end] & self._has_vector[:end]):
-            logger.warning("Rebuilding the exact-search codes of %s: the saved ones do not match the documents.",
-                           self.location)
+            logger.warning(
+                "Rebuilding the exact-search codes of %s: the saved ones do not match the documents.", self.location
+            )
             index = None
         self.quantised_source = "loaded" if index is not None else "built"
         if index is None:
-            logger.info("Encoding %d vectors of %s for exact search (once: the codes are kept current and saved "
-                        "beside the store).", len(embedded), self.location)
+            logger.info(
+                "Encoding %d vectors of %s for exact search (once: the codes are kept current and saved "
+                "beside the store).",
+                len(embedded),
+                self.location,
+            )
             index = QuantisedVectors(self._vectors.dimension, self.similarity, vectors=self._ann_rows)
             for start in range(0, len(embedded), 65_536):
                 block = embedded[start : start + 65_536]

@@ -313,10 +313,7 @@ class Store(ABC):
             records = list({record.id: record for record in records}.values())  # the last version of an id wins
         recorded = self._recorded_space()
         established = space_of_documents(
-            (
-                (r.id, r.document_space, None if r.embedding is None else int(r.embedding.shape[0]))
-                for r in records
-            ),
+            ((r.id, r.document_space, None if r.embedding is None else int(r.embedding.shape[0])) for r in records),
             recorded if recorded.dimension is not None else None,
             where=self.location,
         )

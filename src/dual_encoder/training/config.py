@@ -74,8 +74,8 @@ class TrainingConfig:
     :param eval_corpus_size: Documents the dev evaluation searches: the dev positives plus distractors up to
         this many (``None``: the whole corpus).
     :param train_document_tokens: Train on only the first this-many tokens of each document (``None``: the
-        tower's own limit; 192 by default). On a CPU, document tokens are most of a step's cost, so a shorter training view
-        buys more steps in the same time; the saved model keeps its full limit, and the dev evaluation and
+        tower's own limit; 192 by default). On a CPU, document tokens are most of a step's cost, so a shorter
+        training view buys more steps in the same time; the saved model keeps its full limit, and the dev evaluation and
         every later index use it.
     """
 

@@ -164,7 +164,7 @@ def _from_jsonl(file: Path) -> TrainingData:
             f"'query', 'positive' and 'negative' must be non-empty strings."
         )
     if not pairs:
-        raise TrainingDataError(f"'{file}' holds no training pairs; it needs lines of {{\"query\", \"positive\"}}.")
+        raise TrainingDataError(f'\'{file}\' holds no training pairs; it needs lines of {{"query", "positive"}}.')
     return TrainingData(queries=queries, documents=documents, pairs=pairs)
 
 
@@ -228,8 +228,9 @@ def describe_evaluation_corpus(dev: TrainingData, corpus: dict[str, str], hard_d
         "whole_corpus": len(corpus) == len(dev.documents),
     }
     counts["description"] = (
-        "the whole corpus" if counts["whole_corpus"] else
-        f"{counts['documents']:,} documents: the {counts['dev_positives']:,} positives of the "
+        "the whole corpus"
+        if counts["whole_corpus"]
+        else f"{counts['documents']:,} documents: the {counts['dev_positives']:,} positives of the "
         f"{counts['dev_queries']:,} dev queries, {counts['base_model_top10_distractors']:,} other documents from the "
         f"base model's top 10 for them, and {counts['random_documents']:,} random documents"
     )

@@ -121,8 +121,15 @@ def judge(base: DevScores, checkpoints: list[DevScores], *, threshold: float) ->
         gain, error = paired_gain(scores, base)
         ratio = gain / error if error > 0 else (math.inf if gain > 0 else 0.0)
         rows.append(
-            {"step": scores.step, "epoch": scores.epoch, **scores.means(), "gain": gain, "standard_error": error,
-             "gain_in_standard_errors": ratio, "beats_base": bool(gain > 0 and gain > threshold * error)}
+            {
+                "step": scores.step,
+                "epoch": scores.epoch,
+                **scores.means(),
+                "gain": gain,
+                "standard_error": error,
+                "gain_in_standard_errors": ratio,
+                "beats_base": bool(gain > 0 and gain > threshold * error),
+            }
         )
     best = max(rows, key=lambda row: (row[GUARD_METRIC], -row["step"]), default=None)
     if best is not None and best["beats_base"]:

@@ -118,7 +118,8 @@ def pick_negatives(
     pairs = []
     for pair in data.pairs:
         candidates = [
-            (doc, score) for doc, score in rankings.scored(pair.query_id)
+            (doc, score)
+            for doc, score in rankings.scored(pair.query_id)
             if doc not in positives[pair.query_id] and doc not in pair.negative_ids
         ]
         positive_score = rankings.positive_scores.get((pair.query_id, pair.document_id))

@@ -22,9 +22,7 @@ from typing import Any
 from dual_encoder.errors import ConfigurationError
 
 
-def build_loss(
-    name: str, model: Any, *, scale: float, mini_batch_size: int, margin: float, guide: Any = None
-) -> Any:
+def build_loss(name: str, model: Any, *, scale: float, mini_batch_size: int, margin: float, guide: Any = None) -> Any:
     """The loss ``name`` for ``model``; ``guide`` is the frozen model the GIST losses filter negatives with."""
     from sentence_transformers.sentence_transformer import losses
 
@@ -41,9 +39,7 @@ def build_loss(
     if name == "cached-mnrl":
         return losses.CachedMultipleNegativesRankingLoss(model, scale=scale, mini_batch_size=mini_batch_size)
     if name == "triplet":
-        return losses.TripletLoss(
-            model, distance_metric=losses.TripletDistanceMetric.COSINE, triplet_margin=margin
-        )
+        return losses.TripletLoss(model, distance_metric=losses.TripletDistanceMetric.COSINE, triplet_margin=margin)
     raise ConfigurationError(f"Unknown loss {name!r}; choose mnrl, cached-mnrl, gist, cached-gist or triplet.")
 
 

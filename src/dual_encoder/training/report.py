@@ -40,8 +40,12 @@ def plot_training_curves(report: dict[str, Any], path: str | Path) -> Path:
         evaluations = [{"step": 0, **before}] + evaluations
     for metric in REPORTED_METRICS:
         points = [entry for entry in evaluations if metric in entry]
-        dev_axis.plot([entry["step"] for entry in points], [entry[metric] for entry in points], marker="o",
-                      label=_METRIC_TITLES.get(metric, metric))
+        dev_axis.plot(
+            [entry["step"] for entry in points],
+            [entry[metric] for entry in points],
+            marker="o",
+            label=_METRIC_TITLES.get(metric, metric),
+        )
     dev_axis.set_xlabel("step")
     dev_axis.set_ylabel("dev score")
     dev_axis.set_ylim(0, 1)
@@ -61,8 +65,11 @@ def guard_card_section(report: dict[str, Any]) -> str:
     lines += [f"**Status: `{report['status']}`.** {report['message']}", ""]
     corpus = report.get("dev_corpus")
     if corpus:
-        lines += [f"Dev slice: {corpus['dev_queries']:,} queries held out of the training data, searched over "
-                  f"{corpus['description']}.", ""]
+        lines += [
+            f"Dev slice: {corpus['dev_queries']:,} queries held out of the training data, searched over "
+            f"{corpus['description']}.",
+            "",
+        ]
     rows = guard.get("checkpoints") or []
     base = guard.get("base")
     if base:
@@ -75,9 +82,13 @@ def guard_card_section(report: dict[str, Any]) -> str:
         for row in rows:
             chosen = " (saved)" if row["step"] == guard.get("chosen_step") else ""
             lines.append(
-                f"| checkpoint{chosen} | {row['step']} | " + " | ".join(f"{row[m]:.4f}" for m in REPORTED_METRICS)
+                f"| checkpoint{chosen} | {row['step']} | "
+                + " | ".join(f"{row[m]:.4f}" for m in REPORTED_METRICS)
                 + f" | {row['gain']:+.4f} | {row['standard_error']:.4f} | {'yes' if row['beats_base'] else 'no'} |"
             )
-        lines += ["", f"A checkpoint beats the base when its mean nDCG@10 gain over the dev queries exceeds "
-                      f"{guard['threshold_standard_errors']:g} standard errors of that gain (paired, per query)."]
+        lines += [
+            "",
+            f"A checkpoint beats the base when its mean nDCG@10 gain over the dev queries exceeds "
+            f"{guard['threshold_standard_errors']:g} standard errors of that gain (paired, per query).",
+        ]
     return "\n".join(lines) + "\n"

@@ -84,12 +84,24 @@ class QueryAwareSamplerFactory:
     def __repr__(self) -> str:
         return f"QueryAwareSamplerFactory({len(self.rows)} rows, {len(self.relevant)} queries)"
 
-    def __call__(self, dataset: Any, batch_size: int, drop_last: bool, valid_label_columns: Any = None,
-                 generator: Any = None, seed: int = 0) -> Any:
+    def __call__(
+        self,
+        dataset: Any,
+        batch_size: int,
+        drop_last: bool,
+        valid_label_columns: Any = None,
+        generator: Any = None,
+        seed: int = 0,
+    ) -> Any:
         from sentence_transformers.base.sampler import NoDuplicatesBatchSampler
 
-        options = {"batch_size": batch_size, "drop_last": drop_last, "valid_label_columns": valid_label_columns,
-                   "generator": generator, "seed": seed}
+        options = {
+            "batch_size": batch_size,
+            "drop_last": drop_last,
+            "valid_label_columns": valid_label_columns,
+            "generator": generator,
+            "seed": seed,
+        }
         if "positive" in dataset.column_names and len(dataset) == len(self.rows):
             sampler = _query_aware_sampler_class()(dataset, **options)
             sampler.rows, sampler.relevant = self.rows, self.relevant

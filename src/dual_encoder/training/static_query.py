@@ -113,8 +113,9 @@ def train_static_query(config: TrainingConfig, *, announce: Callable[[str], None
 
     base = _base_model(config)
     data, labelled, notes = _training_texts(config)
-    train_data, dev_data = (split_off_dev(data, fraction=config.dev_fraction, seed=config.seed)
-                            if labelled else (data, None))
+    train_data, dev_data = (
+        split_off_dev(data, fraction=config.dev_fraction, seed=config.seed) if labelled else (data, None)
+    )
     objective = config.light_query_objective if labelled else "distill"
     if not labelled:
         notes.append(
@@ -132,8 +133,10 @@ def train_static_query(config: TrainingConfig, *, announce: Callable[[str], None
     mark = time.perf_counter()
     teacher = DualEncoder(_encoder_config(config, backend="openvino-bf16" if precision == "bf16" else "torch"))
     pool_ids = _document_pool(train_data, dev_data, seed=config.seed)
-    say(f"static-query: embedding {len(pool_ids):,} documents once with the frozen document tower, and the "
-        f"query-like texts with the full query tower.")
+    say(
+        f"static-query: embedding {len(pool_ids):,} documents once with the frozen document tower, and the "
+        f"query-like texts with the full query tower."
+    )
     pool = teacher.encode_documents([data.documents[i] for i in pool_ids], progress_bar=config.progress_bar)
     distill_texts = _distillation_texts(train_data, labelled=labelled, seed=config.seed)
     distill_targets = teacher.encode_queries(distill_texts, progress_bar=config.progress_bar)
@@ -145,8 +148,12 @@ def train_static_query(config: TrainingConfig, *, announce: Callable[[str], None
 
     mark = time.perf_counter()
     trainer = _StaticTrainer(
-        table=table, unknown_ids=_unknown_ids(tokenizer), pool=pool, scale=config.scale,
-        learning_rate=config.static_query_learning_rate, seed=config.seed,
+        table=table,
+        unknown_ids=_unknown_ids(tokenizer),
+        pool=pool,
+        scale=config.scale,
+        learning_rate=config.static_query_learning_rate,
+        seed=config.seed,
     )
     distill_tokens = _tokenize(tokenizer, distill_texts, config.query_prompt) if objective != "contrastive" else []
     pair_tokens = _tokenize(tokenizer, [text for text, _ in pairs], config.query_prompt)
@@ -159,12 +166,21 @@ def train_static_query(config: TrainingConfig, *, announce: Callable[[str], None
     batch_size = config.static_query_batch_size
     steps_per_epoch = max(1, math.ceil(max(len(distill_tokens), len(pair_tokens)) / batch_size))
     pairs_per_step = max(1, math.ceil(len(pair_tokens) / steps_per_epoch)) if pair_tokens else 0
-    say(f"static-query: {config.static_query_epochs} epochs of {steps_per_epoch} steps ({len(distill_tokens):,} "
-        f"distillation texts, {len(pair_tokens):,} labelled pairs).")
+    say(
+        f"static-query: {config.static_query_epochs} epochs of {steps_per_epoch} steps ({len(distill_tokens):,} "
+        f"distillation texts, {len(pair_tokens):,} labelled pairs)."
+    )
     try:
         for epoch in range(1, config.static_query_epochs + 1):
-            loss = trainer.epoch(distill_tokens, distill_targets, pair_tokens, [p for _, p in pairs],
-                                 batch_size=batch_size, pairs_per_step=pairs_per_step, steps=steps_per_epoch)
+            loss = trainer.epoch(
+                distill_tokens,
+                distill_targets,
+                pair_tokens,
+                [p for _, p in pairs],
+                batch_size=batch_size,
+                pairs_per_step=pairs_per_step,
+                steps=steps_per_epoch,
+            )
             step = epoch * steps_per_epoch
             history["loss"].append({"step": step, "epoch": float(epoch), "loss": loss})
             if dev is not None:
@@ -182,7 +198,9 @@ def train_static_query(config: TrainingConfig, *, announce: Callable[[str], None
     if base_scores is not None:
         verdict = judge(base_scores, checkpoints, threshold=config.min_improvement_standard_errors)
         status = verdict.status
-        chosen = tables[verdict.chosen_step] if verdict.status == IMPROVED and verdict.chosen_step is not None else table
+        chosen = (
+            tables[verdict.chosen_step] if verdict.status == IMPROVED and verdict.chosen_step is not None else table
+        )
     else:
         verdict = None
         status = NOT_CHECKED
@@ -203,8 +221,14 @@ def train_static_query(config: TrainingConfig, *, announce: Callable[[str], None
     latency = query_latency(EncoderConfig(model=config.base_model), saved.config, dev.texts if dev else distill_texts)
     timings["total_seconds"] = time.perf_counter() - started
 
-    guard = verdict.to_dict() if verdict is not None else {"status": NOT_CHECKED, "message": Verdict(
-        NOT_CHECKED, None, config.min_improvement_standard_errors, {}).message()}
+    guard = (
+        verdict.to_dict()
+        if verdict is not None
+        else {
+            "status": NOT_CHECKED,
+            "message": Verdict(NOT_CHECKED, None, config.min_improvement_standard_errors, {}).message(),
+        }
+    )
     if status == NO_IMPROVEMENT:
         guard["message"] = (
             "No epoch beat the initialised static query tower on the dev slice by more than "
@@ -259,17 +283,20 @@ def train_static_query(config: TrainingConfig, *, announce: Callable[[str], None
                 "document_index_still_valid_for_base_model": True,
             },
             indent=2,
-        ) + "\n",
+        )
+        + "\n",
         encoding="utf-8",
     )
     card = output / "README.md"
-    card.write_text((card.read_text(encoding="utf-8") if card.exists() else "") + guard_card_section(report),
-                    encoding="utf-8")
+    card.write_text(
+        (card.read_text(encoding="utf-8") if card.exists() else "") + guard_card_section(report), encoding="utf-8"
+    )
     plot_path = plot_training_curves(report, output / "training_curves.png")
     say(guard["message"])
     say(
-        f"Query encoding p50: static tower {latency['static_p50_ms']:.3f} ms, full tower {latency['full_p50_ms']:.3f} ms "
-        f"({latency['speedup']:.0f}x), side by side over {latency['queries']} queries."
+        f"Query encoding p50: static tower {latency['static_p50_ms']:.3f} ms, "
+        f"full tower {latency['full_p50_ms']:.3f} ms ({latency['speedup']:.0f}x), "
+        f"side by side over {latency['queries']} queries."
     )
     return TrainingResult(model_path=output, report=report, report_path=report_path, plot_path=plot_path)
 
@@ -342,7 +369,7 @@ def initial_table(base: SentenceTransformer, how: str, tokenizer: Any) -> np.nda
                 }
                 for module in towers:
                     features = module(features)
-                table[first:first + len(ids)] = features["sentence_embedding"].float().cpu().numpy()
+                table[first : first + len(ids)] = features["sentence_embedding"].float().cpu().numpy()
     else:
         raise ConfigurationError(f"static_query_init must be one of {STATIC_QUERY_INITS}, got {how!r}.")
     if table.shape[0] != tokenizer.get_vocab_size():
@@ -357,8 +384,16 @@ class _StaticTrainer:
     """The training loop: a sparse ``EmbeddingBag`` (mean), trained with SparseAdam (only the rows a batch
     touches are updated, so a step costs what its texts cost, not the vocabulary)."""
 
-    def __init__(self, *, table: np.ndarray, unknown_ids: tuple[int, ...], pool: np.ndarray, scale: float,
-                 learning_rate: float, seed: int) -> None:
+    def __init__(
+        self,
+        *,
+        table: np.ndarray,
+        unknown_ids: tuple[int, ...],
+        pool: np.ndarray,
+        scale: float,
+        learning_rate: float,
+        seed: int,
+    ) -> None:
         import torch
 
         self._torch = torch
@@ -380,8 +415,17 @@ class _StaticTrainer:
         offsets = torch.from_numpy(np.cumsum([0] + [len(tokens) for tokens in token_lists[:-1]]))
         return torch.nn.functional.normalize(self.bag(flat, offsets), dim=1)
 
-    def epoch(self, distill_tokens: list[np.ndarray], distill_targets: np.ndarray, pair_tokens: list[np.ndarray],
-              positives: list[tuple[int, frozenset[int]]], *, batch_size: int, pairs_per_step: int, steps: int) -> float:
+    def epoch(
+        self,
+        distill_tokens: list[np.ndarray],
+        distill_targets: np.ndarray,
+        pair_tokens: list[np.ndarray],
+        positives: list[tuple[int, frozenset[int]]],
+        *,
+        batch_size: int,
+        pairs_per_step: int,
+        steps: int,
+    ) -> float:
         """One pass over the distillation texts (and the labelled pairs alongside); returns the mean loss."""
         torch = self._torch
         functional = torch.nn.functional
@@ -391,7 +435,7 @@ class _StaticTrainer:
         total = 0.0
         for step in range(steps):
             loss = torch.zeros(())
-            chosen = distill_order[step * batch_size:(step + 1) * batch_size]
+            chosen = distill_order[step * batch_size : (step + 1) * batch_size]
             if len(chosen):
                 student = self.embed([distill_tokens[i] for i in chosen])
                 teacher = targets[chosen]
@@ -400,7 +444,7 @@ class _StaticTrainer:
                 student_log = functional.log_softmax(student @ self.pool.T / _TEMPERATURE, dim=1)
                 loss = loss + (teacher_log.exp() * (teacher_log - student_log)).sum(dim=1).mean()
             if pairs_per_step:
-                rows = pair_order[(step * pairs_per_step) % len(pair_order):][:pairs_per_step]
+                rows = pair_order[(step * pairs_per_step) % len(pair_order) :][:pairs_per_step]
                 student = self.embed([pair_tokens[i] for i in rows])
                 logits = student @ self.pool.T * self.scale
                 mask = torch.zeros_like(logits, dtype=torch.bool)
@@ -422,8 +466,9 @@ class _StaticTrainer:
 class _DevSlice:
     """The dev queries ranked over the whole document pool, scored per query for the guard."""
 
-    def __init__(self, dev: TrainingData, pool: np.ndarray, pool_ids: list[str], tokenizer: Any,
-                 prompt: str | None) -> None:
+    def __init__(
+        self, dev: TrainingData, pool: np.ndarray, pool_ids: list[str], tokenizer: Any, prompt: str | None
+    ) -> None:
         query_ids = sorted(dev.relevant)
         self.texts = [dev.queries[q] for q in query_ids]
         self.relevant = [dev.relevant[q] for q in query_ids]
@@ -432,12 +477,19 @@ class _DevSlice:
         self.pool = pool
 
     def describe(self) -> dict[str, Any]:
-        return {"documents": len(self.pool_ids), "dev_queries": len(self.texts),
-                "description": f"the {len(self.pool_ids):,} pooled documents (every labelled document included)"}
+        return {
+            "documents": len(self.pool_ids),
+            "dev_queries": len(self.texts),
+            "description": f"the {len(self.pool_ids):,} pooled documents (every labelled document included)",
+        }
 
     def score(self, table: np.ndarray, *, step: int, epoch: float) -> DevScores:
-        vectors = np.stack([table[tokens].mean(axis=0) if len(tokens) else np.zeros(table.shape[1], np.float32)
-                            for tokens in self.tokens])
+        vectors = np.stack(
+            [
+                table[tokens].mean(axis=0) if len(tokens) else np.zeros(table.shape[1], np.float32)
+                for tokens in self.tokens
+            ]
+        )
         vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         return self.score_vectors(vectors, step=step, epoch=epoch)
 

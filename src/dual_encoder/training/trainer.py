@@ -139,8 +139,13 @@ def train(config: TrainingConfig | dict[str, Any], *, announce: Callable[[str], 
     rankings = _rankings(config, base_encoder, train_data, dev_data)
     if config.hard_negatives:
         train_data.pairs, mining_notes = pick_negatives(
-            rankings, train_data, count=config.hard_negatives, rank_range=config.negative_rank_range,
-            seed=config.seed, relative_margin=config.negative_relative_margin, max_score=config.negative_max_score,
+            rankings,
+            train_data,
+            count=config.hard_negatives,
+            rank_range=config.negative_rank_range,
+            seed=config.seed,
+            relative_margin=config.negative_relative_margin,
+            max_score=config.negative_max_score,
         )
         notes += mining_notes
     timings["mining_seconds"] = time.perf_counter() - mark
@@ -171,8 +176,10 @@ def train(config: TrainingConfig | dict[str, Any], *, announce: Callable[[str], 
     evaluation_before = evaluator.seconds if evaluator else 0.0
     if evaluator is not None and base_scores is not None and dev_corpus is not None:
         evaluator.base, evaluator.announce = base_scores, say
-        say(f"Dev slice before training (the base model): {_figures(base_scores.means())}; searched over "
-            f"{dev_corpus['description']}.")
+        say(
+            f"Dev slice before training (the base model): {_figures(base_scores.means())}; searched over "
+            f"{dev_corpus['description']}."
+        )
 
     mark = time.perf_counter()
     interrupted = False
@@ -211,8 +218,14 @@ def train(config: TrainingConfig | dict[str, Any], *, announce: Callable[[str], 
     timings["total_seconds"] = time.perf_counter() - started
     plan["measured_seconds_per_step"] = clock.seconds_per_step
     plan["estimated_training_seconds"] = clock.estimated_seconds
-    guard = verdict.to_dict() if verdict is not None else {"status": NOT_CHECKED, "message": Verdict(
-        NOT_CHECKED, None, config.min_improvement_standard_errors, {}).message()}
+    guard = (
+        verdict.to_dict()
+        if verdict is not None
+        else {
+            "status": NOT_CHECKED,
+            "message": Verdict(NOT_CHECKED, None, config.min_improvement_standard_errors, {}).message(),
+        }
+    )
     report = {
         "status": status,
         "message": guard["message"],
@@ -259,12 +272,14 @@ def train(config: TrainingConfig | dict[str, Any], *, announce: Callable[[str], 
                 "document_index_still_valid_for_base_model": report["document_index_still_valid"],
             },
             indent=2,
-        ) + "\n",
+        )
+        + "\n",
         encoding="utf-8",
     )
     card = output / "README.md"
-    card.write_text((card.read_text(encoding="utf-8") if card.exists() else "") + guard_card_section(report),
-                    encoding="utf-8")
+    card.write_text(
+        (card.read_text(encoding="utf-8") if card.exists() else "") + guard_card_section(report), encoding="utf-8"
+    )
     plot_path = plot_training_curves(report, output / PLOT_FILE)
     say(guard["message"])
     return TrainingResult(model_path=output, report=report, report_path=report_path, plot_path=plot_path)
@@ -348,8 +363,9 @@ def _rankings(
     most_positives = max(len(docs) for docs in train_data.relevant.values())
     # Deep enough that the rank window still holds its negatives after the positives and the margin skip some.
     depth = 2 * max(config.negative_rank_range[1], _HARD_DISTRACTORS_PER_DEV_QUERY) + most_positives
-    return rank_documents(encoder, queries, train_data.documents, depth=depth, pairs=train_data.pairs,
-                          progress_bar=config.progress_bar)
+    return rank_documents(
+        encoder, queries, train_data.documents, depth=depth, pairs=train_data.pairs, progress_bar=config.progress_bar
+    )
 
 
 def _datasets_and_losses(
@@ -365,14 +381,20 @@ def _datasets_and_losses(
         columns = _pair_columns(config, data)
         datasets["contrastive"] = Dataset.from_dict(columns)
         losses["contrastive"] = build_loss(
-            config.loss, built.model, scale=config.scale, mini_batch_size=config.mini_batch_size,
-            margin=config.triplet_margin, guide=built.base,
+            config.loss,
+            built.model,
+            scale=config.scale,
+            mini_batch_size=config.mini_batch_size,
+            margin=config.triplet_margin,
+            guide=built.base,
         )
         router_mapping["contrastive"] = {name: "query" if name == "anchor" else "document" for name in columns}
     if config.architecture == "light-query" and config.light_query_objective in ("distill", "both"):
         query_texts = _distillation_texts(data, config.seed)
         teacher = built.base.encode_query(
-            query_texts, prompt=built.base.prompts.get("query", "") or "", convert_to_numpy=True,
+            query_texts,
+            prompt=built.base.prompts.get("query", "") or "",
+            convert_to_numpy=True,
             show_progress_bar=False,
         )
         datasets["distill"] = Dataset.from_dict({"query": query_texts, "label": teacher.tolist()})
@@ -390,8 +412,14 @@ def _with_documents_cut(data: TrainingData, model: Any, tokens: int) -> Training
     tokenizer = _document_tokenizer(model)
     ids = sorted(data.documents)
     encoded = tokenizer(
-        [data.documents[i] for i in ids], add_special_tokens=False, truncation=True, max_length=tokens,
-        return_offsets_mapping=True, return_attention_mask=False, return_token_type_ids=False, verbose=False,
+        [data.documents[i] for i in ids],
+        add_special_tokens=False,
+        truncation=True,
+        max_length=tokens,
+        return_offsets_mapping=True,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+        verbose=False,
     )
     documents = {
         document_id: data.documents[document_id][: offsets[-1][1]] if offsets else data.documents[document_id]
@@ -464,15 +492,24 @@ def _dev_evaluator(config: TrainingConfig, dev: TrainingData, rankings: Rankings
     hard = [doc for query in dev.queries for doc in rankings.get(query)[:_HARD_DISTRACTORS_PER_DEV_QUERY]]
     corpus = evaluation_corpus(dev, size=config.eval_corpus_size, seed=config.seed, hard_distractors=hard)
     evaluator = _make_dev_evaluator(
-        queries=dict(dev.queries), corpus=corpus, relevant=dev.relevant, query_prompt=config.query_prompt,
-        document_prompt=config.document_prompt, batch_size=config.batch_size,
+        queries=dict(dev.queries),
+        corpus=corpus,
+        relevant=dev.relevant,
+        query_prompt=config.query_prompt,
+        document_prompt=config.document_prompt,
+        batch_size=config.batch_size,
     )
     return evaluator, describe_evaluation_corpus(dev, corpus, hard)
 
 
 def _make_dev_evaluator(
-    *, queries: dict[str, str], corpus: dict[str, str], relevant: dict[str, set[str]], query_prompt: str | None,
-    document_prompt: str | None, batch_size: int,
+    *,
+    queries: dict[str, str],
+    corpus: dict[str, str],
+    relevant: dict[str, set[str]],
+    query_prompt: str | None,
+    document_prompt: str | None,
+    batch_size: int,
 ) -> Any:
     """A sentence-transformers evaluator that scores every dev query separately (the guard needs per-query
     figures for its noise estimate) and keeps each evaluation in ``history``."""
@@ -521,8 +558,10 @@ def _make_dev_evaluator(
             self.history.append(scores)
             if self.base is not None and self.announce is not None:
                 gain, error = paired_gain(scores, self.base)
-                self.announce(f"Dev slice at step {steps}: {_figures(scores.means())}; nDCG@10 gain over the base "
-                              f"{gain:+.4f} ± {error:.4f} (standard error).")
+                self.announce(
+                    f"Dev slice at step {steps}: {_figures(scores.means())}; nDCG@10 gain over the base "
+                    f"{gain:+.4f} ± {error:.4f} (standard error)."
+                )
             return {f"{_DEV_NAME}_{name}": value for name, value in scores.means().items()}
 
     return DevEvaluator()
@@ -726,7 +765,8 @@ def _training_arguments(
 def _history(log_history: list[dict[str, Any]], verdict: Verdict | None) -> dict[str, list[dict[str, Any]]]:
     losses = [
         {"step": entry["step"], "epoch": entry.get("epoch"), "loss": entry["loss"]}
-        for entry in log_history if "loss" in entry
+        for entry in log_history
+        if "loss" in entry
     ]
     return {"loss": losses, "dev": list(verdict.checkpoints) if verdict is not None else []}
 

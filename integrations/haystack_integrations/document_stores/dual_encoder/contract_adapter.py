@@ -182,7 +182,9 @@ class ContractDocumentStore:
         return_embedding: bool = False,
         exact: bool | None = None,
     ) -> list[Document]:
-        return await asyncio.to_thread(self.embedding_retrieval, query_embedding, filters, top_k, return_embedding, exact)
+        return await asyncio.to_thread(
+            self.embedding_retrieval, query_embedding, filters, top_k, return_embedding, exact
+        )
 
     # ----------------------------------------------------------------------------------- fingerprint
     def get_embedding_space(self) -> StoredSpace:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from haystack import default_from_dict, default_to_dict
+from haystack_integrations.document_stores.dual_encoder.contract_adapter import ContractDocumentStore
 
 from dual_encoder.embedded import open_embedded_store
 from dual_encoder.errors import ConfigurationError
-from haystack_integrations.document_stores.dual_encoder.contract_adapter import ContractDocumentStore
 
 
 class EmbeddedDocumentStore(ContractDocumentStore):

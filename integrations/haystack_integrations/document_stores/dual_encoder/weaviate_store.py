@@ -16,13 +16,12 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from haystack import Document, default_from_dict, default_to_dict
-from haystack.document_stores.types import DuplicatePolicy
-from haystack.utils.auth import Secret, deserialize_secrets_inplace
-
 from dual_encoder_weaviate.collection import CollectionSettings
 from dual_encoder_weaviate.errors import PartialWriteError, WeaviateUnavailableError
 from dual_encoder_weaviate.store import WeaviateStore
+from haystack import Document, default_from_dict, default_to_dict
+from haystack.document_stores.types import DuplicatePolicy
+from haystack.utils.auth import Secret, deserialize_secrets_inplace
 from haystack_integrations.document_stores.dual_encoder.contract_adapter import (
     _POLICIES,
     ContractDocumentStore,
@@ -111,9 +110,14 @@ class DualEncoderWeaviateDocumentStore(ContractDocumentStore):
         self.consistency_level = consistency_level
         self.tenant = tenant
         settings = CollectionSettings(
-            replication_factor=replication_factor, async_replication=async_replication, shards=shards,
-            multi_tenancy=multi_tenancy, auto_create_tenants=auto_create_tenants, vector_index=vector_index,
-            vector_index_options=vector_index_options, compression=compression,
+            replication_factor=replication_factor,
+            async_replication=async_replication,
+            shards=shards,
+            multi_tenancy=multi_tenancy,
+            auto_create_tenants=auto_create_tenants,
+            vector_index=vector_index,
+            vector_index_options=vector_index_options,
+            compression=compression,
             compression_options=compression_options,
         )
         self.settings = settings

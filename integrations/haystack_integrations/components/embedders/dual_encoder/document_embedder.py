@@ -7,12 +7,12 @@ from dataclasses import replace
 from typing import Any
 
 from haystack import Document, component, default_from_dict, default_to_dict
+from haystack_integrations.document_stores.dual_encoder.contract_adapter import stored_versions
 
 from dual_encoder.config import EncoderConfig
 from dual_encoder.documents import DocumentInput, embed_documents
 from dual_encoder.encoder import DualEncoder
 from dual_encoder.stores import StoredRecord
-from haystack_integrations.document_stores.dual_encoder.contract_adapter import stored_versions
 
 
 @component

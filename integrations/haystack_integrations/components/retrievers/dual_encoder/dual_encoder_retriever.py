@@ -9,12 +9,12 @@ from typing import Any
 from haystack import Document, component, default_from_dict, default_to_dict
 from haystack.components.retrievers.types import EmbeddingRetriever
 from haystack.core.serialization import component_to_dict
+from haystack_integrations.document_stores.dual_encoder.contract_adapter import ContractDocumentStore, haystack_errors
 
 from dual_encoder.config import EncoderConfig, validate_top_k
 from dual_encoder.encoder import DualEncoder
 from dual_encoder.fingerprint import DOCUMENT_SPACE_META_KEY
 from dual_encoder.stores import validate_search, verify_hits
-from haystack_integrations.document_stores.dual_encoder.contract_adapter import ContractDocumentStore, haystack_errors
 
 logger = logging.getLogger(__name__)
 
@@ -153,4 +153,3 @@ class DualEncoderRetriever:
                 unverified,
             )
         return documents
-

@@ -8,6 +8,11 @@ from typing import Any
 
 from haystack import Document, component, default_from_dict, default_to_dict
 from haystack.document_stores.types import FilterPolicy, apply_filter_policy
+from haystack_integrations.document_stores.dual_encoder.contract_adapter import (
+    ContractDocumentStore,
+    haystack_errors,
+    record_to_document,
+)
 
 from dual_encoder.config import EncoderConfig
 from dual_encoder.encoder import DualEncoder
@@ -18,11 +23,6 @@ from dual_encoder.hybrid import (
     hybrid_search,
     require_keyword_search,
     validate_hybrid,
-)
-from haystack_integrations.document_stores.dual_encoder.contract_adapter import (
-    ContractDocumentStore,
-    haystack_errors,
-    record_to_document,
 )
 
 #: ``meta`` keys of each returned document: its score from each side (``None``: that side did not return it).

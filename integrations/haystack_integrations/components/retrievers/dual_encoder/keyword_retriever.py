@@ -7,14 +7,14 @@ from typing import Any
 
 from haystack import Document, component, default_from_dict, default_to_dict
 from haystack.document_stores.types import FilterPolicy, apply_filter_policy
-
-from dual_encoder.config import validate_top_k
-from dual_encoder.hybrid import require_keyword_search
 from haystack_integrations.document_stores.dual_encoder.contract_adapter import (
     ContractDocumentStore,
     haystack_errors,
     result_to_documents,
 )
+
+from dual_encoder.config import validate_top_k
+from dual_encoder.hybrid import require_keyword_search
 
 
 @component

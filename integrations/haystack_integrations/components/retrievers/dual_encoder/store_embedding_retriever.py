@@ -6,9 +6,9 @@ from typing import Any
 
 from haystack import Document, component, default_from_dict, default_to_dict
 from haystack.document_stores.types import FilterPolicy, apply_filter_policy
+from haystack_integrations.document_stores.dual_encoder.contract_adapter import ContractDocumentStore
 
 from dual_encoder.config import validate_top_k
-from haystack_integrations.document_stores.dual_encoder.contract_adapter import ContractDocumentStore
 
 
 @component
@@ -130,4 +130,3 @@ class StoreEmbeddingRetriever:
             "return_embedding": self.return_embedding if return_embedding is None else return_embedding,
             "exact": self.exact,
         }
-
