@@ -62,6 +62,8 @@ from typing import Any
 
 import numpy as np
 
+from dual_encoder.embedded.storage import save_arrays_atomically
+
 try:
     import faiss
 except ImportError as error:  # pragma: no cover - faiss-cpu is a dependency
@@ -349,12 +351,7 @@ class ApproximateIndex:
             arrays["position_of"] = self._position_of[: self._codes]
         if self._own is not None:
             arrays["vectors"] = self._own[arrays["positions"]]
-        temporary = path.with_name(path.name + ".tmp")
-        with open(temporary, "wb") as file:
-            np.savez(file, **arrays)  # type: ignore[arg-type]  # numpy's stub fears a key could fill allow_pickle
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
+        save_arrays_atomically(path, arrays)
 
     @classmethod
     def load(

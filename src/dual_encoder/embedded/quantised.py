@@ -66,6 +66,8 @@ from typing import Any
 
 import numpy as np
 
+from dual_encoder.embedded.storage import save_arrays_atomically
+
 try:
     import faiss
 except ImportError as error:  # pragma: no cover - faiss-cpu is a dependency
@@ -348,12 +350,7 @@ class QuantisedVectors:
                 outliers=book.outliers,
             )
         arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
-        temporary = path.with_name(path.name + ".tmp")
-        with open(temporary, "wb") as file:
-            np.savez(file, **arrays)  # type: ignore[arg-type]  # numpy's stub fears a key could fill allow_pickle
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
+        save_arrays_atomically(path, arrays)
 
     @classmethod
     def load(

@@ -70,6 +70,17 @@ CREATE INDEX IF NOT EXISTS changes_gen ON changes (gen);
 """
 
 
+def save_arrays_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` as one ``.npz`` file that a crash leaves either whole or as it was: written beside
+    ``path``, flushed to disk, then renamed over it."""
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "wb") as file:
+        np.savez(file, **arrays)  # type: ignore[arg-type]  # numpy's stub fears a key could fill allow_pickle
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+
+
 class StoreLockedError(DualEncoderError, RuntimeError):
     """Another process is writing to the same embedded-store directory and did not finish in time."""
 
