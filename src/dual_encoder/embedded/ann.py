@@ -62,7 +62,7 @@ from typing import Any
 
 import numpy as np
 
-from dual_encoder.embedded.storage import save_arrays_atomically
+from dual_encoder.embedded.storage import checked_rows, save_arrays_atomically
 
 try:
     import faiss
@@ -212,19 +212,9 @@ class ApproximateIndex:
 
         A position already in the index is replaced.
         """
-        positions = np.asarray(positions, dtype=np.int64).reshape(-1)
-        vectors = np.asarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or vectors.shape != (len(positions), self.dimension):
-            raise ValueError(
-                f"add() needs one {self.dimension}-d vector per position: got {len(positions)} positions and "
-                f"vectors of shape {vectors.shape}."
-            )
+        positions, vectors = checked_rows(positions, vectors, self.dimension, call="add", unit="position")
         if len(positions) == 0:
             return
-        if positions.min() < 0:
-            raise ValueError("Positions must be non-negative integers (the store's row slots).")
-        if len(np.unique(positions)) != len(positions):
-            raise ValueError("add() got the same position twice in one call: pass each position once.")
         self._forget(positions)
         prepared = self._prepare(vectors)
         self._grow(int(positions.max()) + 1)

@@ -66,7 +66,7 @@ from typing import Any
 
 import numpy as np
 
-from dual_encoder.embedded.storage import save_arrays_atomically
+from dual_encoder.embedded.storage import checked_rows, save_arrays_atomically
 
 try:
     import faiss
@@ -171,19 +171,9 @@ class QuantisedVectors:
     def set_rows(self, slots: np.ndarray, vectors: np.ndarray) -> None:
         """Encode ``vectors`` (float32 ``(n, dimension)``, raw: cosine normalises them here) as the rows of
         ``slots`` (distinct, non-negative), replacing what those slots held."""
-        slots = np.asarray(slots, dtype=np.int64).reshape(-1)
-        vectors = np.asarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or vectors.shape != (len(slots), self.dimension):
-            raise ValueError(
-                f"set_rows() needs one {self.dimension}-d vector per slot: got {len(slots)} slots and vectors of "
-                f"shape {vectors.shape}."
-            )
+        slots, vectors = checked_rows(slots, vectors, self.dimension, call="set_rows", unit="slot")
         if len(slots) == 0:
             return
-        if slots.min() < 0:
-            raise ValueError("Slots must be non-negative integers (the store's row slots).")
-        if len(np.unique(slots)) != len(slots):
-            raise ValueError("set_rows() got the same slot twice in one call: pass each slot once.")
         prepared = self._prepare(vectors)
         book = self._book
         if book is None:

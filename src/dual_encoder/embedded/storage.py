@@ -70,6 +70,28 @@ CREATE INDEX IF NOT EXISTS changes_gen ON changes (gen);
 """
 
 
+def checked_rows(
+    slots: np.ndarray, vectors: np.ndarray, dimension: int, *, call: str, unit: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """``slots`` as int64 and ``vectors`` as float32 ``(n, dimension)``, one vector per distinct non-negative slot,
+    for a derived index's write ``call``; ``unit`` names a slot in the messages ("slot", "position").
+
+    :raises ValueError: the shapes disagree, a slot is negative, or a slot repeats.
+    """
+    slots = np.asarray(slots, dtype=np.int64).reshape(-1)
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape != (len(slots), dimension):
+        raise ValueError(
+            f"{call}() needs one {dimension}-d vector per {unit}: got {len(slots)} {unit}s and vectors of "
+            f"shape {vectors.shape}."
+        )
+    if len(slots) and slots.min() < 0:
+        raise ValueError(f"{unit.capitalize()}s must be non-negative integers (the store's row slots).")
+    if len(np.unique(slots)) != len(slots):
+        raise ValueError(f"{call}() got the same {unit} twice in one call: pass each {unit} once.")
+    return slots, vectors
+
+
 def save_arrays_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write ``arrays`` as one ``.npz`` file that a crash leaves either whole or as it was: written beside
     ``path``, flushed to disk, then renamed over it."""
