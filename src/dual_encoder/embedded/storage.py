@@ -189,6 +189,8 @@ class VectorFile:
         self._fd: int | None = None
         self._memory = np.zeros((0, dimension), dtype=np.float32)
         self.matrix = self._memory
+        #: The same rows, mapped for reading a few scattered rows (see :meth:`_remap`).
+        self.scattered_rows = self._memory
         if file is not None:
             self._fd = os.open(file, os.O_RDWR | os.O_CREAT, 0o644)
             self._remap()
@@ -216,7 +218,7 @@ class VectorFile:
             if self._fd is None:
                 grown = np.zeros((new_capacity, self.dimension), dtype=np.float32)
                 grown[:capacity] = self._memory
-                self._memory = self.matrix = grown
+                self._memory = self.matrix = self.scattered_rows = grown
                 return
             os.ftruncate(self._fd, new_capacity * self.row_bytes)
         self.refresh_map(rows)
@@ -230,12 +232,20 @@ class VectorFile:
         assert self._fd is not None and self.file is not None
         capacity = self.capacity
         if capacity == 0:
-            self.matrix = np.zeros((0, self.dimension), dtype=np.float32)
+            self.matrix = self.scattered_rows = np.zeros((0, self.dimension), dtype=np.float32)
             return
         # A plain ndarray over the map (numpy's memmap subclass adds overhead to every row gather). Arrays
         # that running searches hold keep their map alive after a remap.
         mapped = mmap.mmap(self._fd, capacity * self.row_bytes, prot=mmap.PROT_READ)
         self.matrix = np.frombuffer(mapped, dtype=np.float32).reshape(capacity, self.dimension)
+        # A second map of the same pages for rescoring a few scattered rows: on a cold page cache the kernel's
+        # readahead makes every row read pull in the pages after it too, which a scan wants and a gather of a
+        # thousand scattered rows (the first search after reopening a large store) does not. Both maps share
+        # the page cache, so this costs address space, not memory.
+        scattered = mmap.mmap(self._fd, capacity * self.row_bytes, prot=mmap.PROT_READ)
+        if hasattr(mmap, "MADV_RANDOM"):
+            scattered.madvise(mmap.MADV_RANDOM)
+        self.scattered_rows = np.frombuffer(scattered, dtype=np.float32).reshape(capacity, self.dimension)
 
     def write_rows(self, slots: np.ndarray, vectors: np.ndarray) -> None:
         """Write ``vectors[i]`` into row ``slots[i]``; runs of consecutive slots go in one call."""
@@ -263,7 +273,7 @@ class VectorFile:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        self.matrix = np.zeros((0, self.dimension), dtype=np.float32)
+        self.matrix = self.scattered_rows = np.zeros((0, self.dimension), dtype=np.float32)
 
     def __del__(self) -> None:  # a store dropped without close() must not leak its descriptor
         with contextlib.suppress(Exception):

@@ -129,6 +129,9 @@ _SINGLE_THREAD_MAX_ELEMENTS = 8_000_000
 # fraction of rows match; above it, scoring every row and masking reads less memory.
 _GATHER_MAX_FRACTION = 0.5
 _GATHER_BLOCK_ROWS = 1024
+# Reads of up to this many rows for a derived index (candidates to rescore) go through the map without
+# readahead; longer ones (rebuilding an index from every row) are scans and keep it.
+_SCATTERED_READ_MAX_ROWS = 16_384
 # Stores with fewer slots than this are not checkpointed (reading their rows is fast).
 _CHECKPOINT_MIN_SLOTS = 10_000
 # A checkpoint is refreshed after this many write generations, so reopening replays a short log.
@@ -912,6 +915,7 @@ class EmbeddedStore(KeywordSearchMixin, Store):
                 return SearchResult(hits=[], method="exact")
             end = min(end, self._vectors.matrix.shape[0])
             matrix, inv_norms, seq = self._vectors.matrix[:end], self._inv_norms[:end], self._seq[:end]
+            scattered = self._vectors.scattered_rows[:end]
             valid = self._live[:end] & self._has_vector[:end]
             if filters is not None:
                 valid &= self._filter_mask(filters, end)
@@ -921,7 +925,9 @@ class EmbeddedStore(KeywordSearchMixin, Store):
         examined: list[np.ndarray] = []
         if found is None:
             # The long part runs without the lock, so searches overlap each other and writes.
-            found = _exact_top(matrix, inv_norms, seq, valid, vector, top_k, self.similarity, quantised, examined)
+            found = _exact_top(
+                matrix, inv_norms, seq, valid, vector, top_k, self.similarity, quantised, examined, scattered=scattered
+            )
         slots, scores = found
         with self._lock:
             records: dict[int, StoredRecord] = {}
@@ -1015,7 +1021,8 @@ class EmbeddedStore(KeywordSearchMixin, Store):
     def _ann_rows(self, positions: np.ndarray) -> np.ndarray:
         """Rows of the store's matrix, for the derived indexes to read vectors from (called under ``_lock``)."""
         assert self._vectors is not None
-        return self._vectors.matrix[positions]
+        few = len(positions) <= _SCATTERED_READ_MAX_ROWS
+        return (self._vectors.scattered_rows if few else self._vectors.matrix)[positions]
 
     # ------------------------------------------------------------------------------- derived indexes
     def _derived_indexes_changed(self, removed: np.ndarray, added: np.ndarray) -> None:
@@ -1353,13 +1360,16 @@ def _exact_top(
     similarity: str,
     quantised: Any = None,
     examined: list[np.ndarray] | None = None,
+    *,
+    scattered: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Slots and scores of the ``top_k`` best valid rows: higher score first, then lower ``seq``.
 
     With ``quantised`` (:class:`~dual_encoder.embedded.quantised.QuantisedVectors` of every valid row) its
     codes are scanned first and only the rows that can be in the top k are scored; the result is the same.
     Those rows are appended to ``examined``: a write that changed one of them while the search ran may have
-    misled the first pass, so the caller searches again."""
+    misled the first pass, so the caller searches again. ``scattered`` (the same rows as ``matrix``, mapped for
+    reading a few scattered rows) is where the rows the first pass leaves are read from."""
     end = matrix.shape[0]
     allowed = int(np.count_nonzero(valid))
     k = min(top_k, allowed)
@@ -1378,6 +1388,8 @@ def _exact_top(
             logger.warning("Exact search scans the float32 vectors: %s", error)
         if positions is not None and examined is not None:
             examined.append(positions)
+        if positions is not None and scattered is not None:
+            matrix = scattered
     if positions is None and allowed <= _GATHER_MAX_FRACTION * end:
         positions = np.flatnonzero(valid)
     if positions is not None:
