@@ -60,7 +60,9 @@ class TrainingConfig:
         the very top avoids unlabelled positives.
     :param negative_relative_margin: A mined negative must score at most ``(1 - margin)`` times the base
         model's score of the pair's positive (sentence-transformers' ``relative_margin``): documents scored
-        about as high as a positive are likely unlabelled positives, i.e. false negatives. ``0`` turns it off.
+        about as high as a positive are likely unlabelled positives, i.e. false negatives. ``0`` (the default,
+        chosen on the dev slice: see benchmarks/README.md, Training) turns it off; the rank window and the
+        query-aware batches still keep judged positives out of the negatives.
     :param negative_max_score: A mined negative must score at most this (``None``: no cap).
     :param max_steps: The step budget: training stops after ``epochs`` or this many optimizer steps, whichever
         comes first (``None``: no budget). Steps cost the same whatever the data set, so the budget bounds the
@@ -97,7 +99,7 @@ class TrainingConfig:
     scale: float = 20.0
     hard_negatives: int = 1
     negative_rank_range: tuple[int, int] = (10, 50)
-    negative_relative_margin: float = 0.05
+    negative_relative_margin: float = 0.0
     negative_max_score: float | None = None
     split: str = "train"
     dev_split: str | None = None
