@@ -8,8 +8,14 @@ top-k queries by scanning those codes, then rescoring the best candidates exactl
   kernels score the codes from SIMD registers, so scanning every code is cheap; with the default single list
   (``lists=1``) the scan is exhaustive, which keeps recall on unstructured vectors (where graph and cluster
   indexes degrade) and makes filters exact: an ``allowed`` mask is applied inside the scan, so a filtered
-  query returns ``min(k, allowed rows)`` results whatever the selectivity. ``lists > 1`` (with ``probe``)
-  trades recall for speed on clustered data at many millions of rows.
+  query returns ``min(k, allowed rows)`` results whatever the selectivity. ``lists > 1`` with ``probe`` below
+  ``lists`` trades recall for speed on clustered data at many millions of rows.
+- **Parallel scan**: one list is scanned by one thread. With ``lists > 1`` the lists a query visits are
+  shared out among ``threads`` threads (faiss's per-list parallel scan, each thread keeping its own best
+  candidates, merged at the end), so ``lists=8, probe=8, threads=2`` is still an exhaustive scan, with exact
+  filters, on two cores; several lists per thread keep the threads evenly loaded when the lists' sizes
+  differ. Small jobs stay on one thread (scans of fewer than ``_PARALLEL_SCAN_MIN`` codes, adds of fewer than
+  ``_PARALLEL_ENCODE_MIN`` vectors): waking a second thread, which may be busy elsewhere, costs more.
 - **Exact scores**: the ``candidates`` best codes (per 10 results) are rescored exactly from float32 vectors.
   Pass ``vectors=`` (a function from positions to rows of the store's own float32 matrix) so the index keeps
   no second float32 copy; without it the index keeps its own copy of every vector it was given.
@@ -26,11 +32,11 @@ top-k queries by scanning those codes, then rescoring the best candidates exactl
 Scores are on the exact-search scale: the cosine similarity for ``"cosine"`` (0 for a zero vector), the raw
 dot product for ``"dot"``. Results are ordered by score, ties by position.
 
-Filters: with the default ``lists=1`` every allowed row is scanned, so results honour ``allowed`` and are as
-complete as an unfiltered search. With ``lists > 1`` a very selective mask can leave fewer than ``k``
-results; the caller should then score the allowed rows exactly. For very selective masks, exact scoring of
-the allowed rows is also the faster answer: :func:`prefers_exact` says when (measured in
-``benchmarks/README.md``, "Approximate search").
+Filters: when every list is scanned (``probe >= lists``, as with the default ``lists=1``) every allowed row is
+scanned, so results honour ``allowed`` and are as complete as an unfiltered search. With ``probe < lists`` a
+very selective mask can leave fewer than ``k`` results; the caller should then score the allowed rows exactly.
+For very selective masks, exact scoring of the allowed rows is also the faster answer: :func:`prefers_exact`
+says when (measured in ``benchmarks/README.md``, "Approximate search").
 
 Thread safety: concurrent searches are safe; ``add``/``remove``/``save`` must not run concurrently with
 anything else on the same index (the store serialises them under its lock).
@@ -79,13 +85,13 @@ DEFAULT_PARAMETERS: dict[str, Any] = {
     "dims_per_subquantizer": 2,
     # Inverted lists; 1 is an exhaustive scan of the codes (exact filters, robust recall).
     "lists": 1,
-    # Lists scanned per query when lists > 1.
+    # Lists scanned per query when lists > 1 (at least `lists`: every list, an exhaustive scan).
     "probe": 1,
     # Vectors held before the quantiser is trained (and the sample it is trained on); searches are exact
     # until then.
     "train_size": 8192,
-    # OpenMP threads per faiss call: the machine is shared with query encoding, and a single query scans
-    # one list on one thread anyway.
+    # OpenMP threads per faiss call: a single query scans one list on one thread, so more threads only help
+    # with several lists (the machine is shared with query encoding).
     "threads": 1,
 }
 
@@ -93,6 +99,10 @@ DEFAULT_PARAMETERS: dict[str, Any] = {
 EXACT_BELOW_FRACTION = 0.03
 #: ... and so are masks allowing fewer rows than this, whatever the index size.
 EXACT_BELOW_COUNT = 4096
+
+# Vectors per add from which encoding uses ``threads`` threads, and codes from which a search does.
+_PARALLEL_ENCODE_MIN = 4096
+_PARALLEL_SCAN_MIN = 65_536
 
 _FORMAT = "dual-encoder-ann"
 # 2: dead codes stay in the faiss index, so the file maps code numbers to positions ("position_of").
@@ -237,7 +247,7 @@ class ApproximateIndex:
         """Drop the dead codes by re-encoding the live vectors (reads every live vector once)."""
         if self._index is None or self._dead == 0:
             return
-        index = faiss.clone_index(self._index)
+        index = _parallel_over_lists(faiss.clone_index(self._index))
         index.reset()  # keeps the trained quantisers
         positions = np.flatnonzero(self._present)
         self._index = index
@@ -257,9 +267,9 @@ class ApproximateIndex:
         :param query: float32 vector of the index's dimension.
         :param k: Results wanted.
         :param allowed: Optional bool mask indexed by position; only positions ``p < len(allowed)`` with
-            ``allowed[p]`` are returned. With ``lists=1`` every allowed row is scanned, so the result has
-            ``min(k, allowed and indexed rows)`` entries; with ``lists > 1`` it can have fewer, and the caller
-            should then score the allowed rows exactly (see :func:`prefers_exact`).
+            ``allowed[p]`` are returned. When every list is scanned (``probe >= lists``) every allowed row is,
+            so the result has ``min(k, allowed and indexed rows)`` entries; with ``probe < lists`` it can have
+            fewer, and the caller should then score the allowed rows exactly (see :func:`prefers_exact`).
         :returns: ``(positions int64, scores float32)``.
         """
         query = np.asarray(query, dtype=np.float32).reshape(-1)
@@ -312,12 +322,15 @@ class ApproximateIndex:
         selector = None if bitmap is None else faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))
         # faiss's generated stubs omit the keyword arguments its Python wrapper accepts.
         search_params = faiss.SearchParametersIVF(  # type: ignore[call-arg]
-            sel=selector, nprobe=int(self.params["probe"])
+            sel=selector, nprobe=min(int(self.params["probe"]), int(self.params["lists"]))
         )
-        with _OmpThreads(int(self.params["threads"])):
+        # A small scan is over before a second thread would be up.
+        threads = int(self.params["threads"]) if codes >= _PARALLEL_SCAN_MIN else 1
+        with _OmpThreads(threads):
             _, found = self._index.search(prepared, wanted, params=search_params)
         found = found[0]
-        return self._position_of[found[found >= 0]]
+        # In row order, rescoring reads the float32 matrix front to back instead of jumping around it.
+        return np.sort(self._position_of[found[found >= 0]])
 
     # ------------------------------------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -329,6 +342,9 @@ class ApproximateIndex:
             "dimension": self.dimension,
             "similarity": self.similarity,
             "structure": {name: int(self.params[name]) for name in _STRUCTURAL},
+            # The lists a search visits belong with the lists built: a file with several lists loaded under
+            # default parameters must not silently drop from an exhaustive scan to one list.
+            "probe": int(self.params["probe"]),
             "trained": self._index is not None,
             "own_vectors": self._own is not None,
         }
@@ -356,8 +372,9 @@ class ApproximateIndex:
         """Read an index written by :meth:`save`.
 
         The structure (quantiser, lists, training size) comes from the file; search parameters
-        (``candidates``, ``probe``, ``threads``) from ``params``. Raises ``ValueError`` naming the file when
-        it is not such an index, or was built for another dimension or similarity.
+        (``candidates``, ``probe``, ``threads``) from ``params``, except that ``probe``, when not given, is the
+        one saved with the index. Raises ``ValueError`` naming the file when it is not such an index, or was
+        built for another dimension or similarity.
         """
         path = Path(path)
         try:
@@ -397,7 +414,10 @@ class ApproximateIndex:
                 f"The approximate index '{path}' was saved without vectors: pass vectors= (the store's rows) to "
                 "load it."
             )
-        index = cls(dimension, similarity, vectors=None if own else vectors, **{**params, **header["structure"]})
+        saved_search = {"probe": int(header["probe"])} if "probe" in header else {}
+        index = cls(
+            dimension, similarity, vectors=None if own else vectors, **{**saved_search, **params, **header["structure"]}
+        )
         positions = arrays["positions"]
         if len(positions):
             index._grow(int(positions.max()) + 1)
@@ -410,7 +430,7 @@ class ApproximateIndex:
                     index._own = None
         if header["trained"]:
             position_of = arrays["position_of"].astype(np.int64)
-            index._index = faiss.deserialize_index(arrays["faiss"])
+            index._index = _parallel_over_lists(faiss.deserialize_index(arrays["faiss"]))
             live = position_of[position_of >= 0]
             if index._index.ntotal != len(position_of) or not np.array_equal(np.sort(live), positions):
                 raise ValueError(
@@ -491,7 +511,10 @@ class ApproximateIndex:
             grown = np.full(max(self._codes + len(positions), int(len(self._position_of) * 1.5) + 1024), -1, np.int64)
             grown[: self._codes] = self._position_of[: self._codes]
             self._position_of = grown
-        with _OmpThreads(int(self.params["threads"])):
+        # Threads only pay for bulk encoding: for a few vectors, waking a second thread (which may be busy
+        # elsewhere) costs more than encoding them.
+        threads = int(self.params["threads"]) if len(positions) >= _PARALLEL_ENCODE_MIN else 1
+        with _OmpThreads(threads):
             self._index.add_with_ids(prepared, numbers)
         self._position_of[numbers] = positions
         self._code_of[positions] = numbers
@@ -513,7 +536,8 @@ class ApproximateIndex:
     def _new_faiss_index(self) -> Any:
         subquantizers = self.dimension // int(self.params["dims_per_subquantizer"])
         lists = int(self.params["lists"])
-        return faiss.index_factory(self.dimension, f"IVF{lists},PQ{subquantizers}x4fs", faiss.METRIC_INNER_PRODUCT)
+        index = faiss.index_factory(self.dimension, f"IVF{lists},PQ{subquantizers}x4fs", faiss.METRIC_INNER_PRODUCT)
+        return _parallel_over_lists(index)
 
     def _train(self) -> None:
         """Train on a sample of the held vectors, then encode all of them."""
@@ -528,3 +552,16 @@ class ApproximateIndex:
         for start in range(0, len(positions), 65_536):
             block = positions[start : start + 65_536]
             self._append_codes(block, self._prepare(self._rows(block)))
+
+
+def _parallel_over_lists(index: Any) -> Any:
+    """Make a fast-scan IVF index with several lists scan one query's lists on several OpenMP threads.
+
+    faiss's default implementation parallelises over queries only, so a single query would scan all of its
+    lists on one thread; implementation 15 (not saved with the index, hence set on every new, cloned or
+    loaded index) shares the (query, list) pairs among the threads and collects candidates in a reservoir,
+    which suits the hundreds of candidates a search asks for. With one list it would only add a merge step.
+    """
+    if index.nlist > 1:
+        index.implem = 15
+    return index

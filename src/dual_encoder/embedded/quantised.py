@@ -29,6 +29,20 @@ Every row the scan did not return scores at most the ``K``-th returned approxima
 scores at least the exact ``k``-th best (all ties with it included). Otherwise ``K`` grows, and past
 ``max_candidates`` :meth:`QuantisedVectors.candidates` returns ``None``: the caller scans in float32.
 
+**The scan.** faiss's scanner for these codes runs over row ranges of the code buffer. Rows that must not be
+scanned (not allowed, or outliers) are skipped through a bitmap, unless they are few (at most 1/64 of the
+rows): then they are scanned too and dropped from the result, which is a little longer to make room, and a
+range whose result held too many of them to keep ``K`` others is scanned again with the bitmap. A scan of at
+least :data:`TWO_THREAD_MIN_ROWS` rows is cut into a few chunks holding as many scanned rows each, which the
+calling thread and one helper thread take one at a time (faiss releases the GIL while it scans); the chunks'
+top-``K`` lists are merged. Every row's approximate score is the same whichever chunk holds it, so the merged
+top ``K`` and the candidate set equal a single scan's. The helper thread is one per process, shared by every
+:class:`QuantisedVectors`: a query that finds it busy with another query scans every chunk itself, and a query
+never waits for the helper to start (a helper that starts after the caller took the last chunk does nothing),
+so concurrent searches never wait for each other and never run more than one scanning thread beyond their own.
+A process allowed a single CPU (affinity mask or cgroup quota) always scans on one thread. Faiss's OpenMP
+threads are never used.
+
 **Keeping current.** :meth:`set_rows` encodes new rows in place (rows past the capacity copy the codes into a
 larger buffer; searches running meanwhile keep the old one); when outliers exceed ``max(1024, rows / 200)``
 the ranges are recomputed from every encoded row (read back through ``vectors``) and all rows re-encoded.
@@ -56,11 +70,14 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
+import threading
 import zipfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +90,7 @@ try:
 except ImportError as error:  # pragma: no cover - faiss-cpu is a dependency
     raise ImportError("dual_encoder.embedded.quantised needs faiss-cpu: pip install 'faiss-cpu>=1.15,<1.16'") from error
 
-__all__ = ["QuantisedVectors"]
+__all__ = ["TWO_THREAD_MIN_ROWS", "QuantisedVectors"]
 
 _FORMAT = "dual-encoder-quantised-vectors"
 _FORMAT_VERSION = 1
@@ -90,6 +107,23 @@ _ENCODE_BLOCK = 32_768
 _READ_CHUNK = 1 << 24
 # The unit roundoff of float32.
 _UNIT_ROUNDOFF = 2.0**-24
+#: Rows a query's scan must cover before its two halves run on two threads (when the process may use two
+#: CPUs): below it, handing half to the helper thread costs more than it saves (benchmarks/exact_threads.py).
+TWO_THREAD_MIN_ROWS = 65_536
+# Rows inside the scanned range that are not scanned (not allowed, or outliers) are skipped through a bitmap,
+# which costs every row a lookup; when they are at most 1/_BITMAP_FREE_MAX_FRACTION of the range, scanning them
+# too is cheaper. Each chunk's result then grows by up to _BITMAP_FREE_EXTRA rows to make room for excluded rows
+# among the best, which are dropped; a chunk that had more of them is scanned again with the bitmap.
+_BITMAP_FREE_MAX_FRACTION = 64
+_BITMAP_FREE_EXTRA = 64
+# A two-thread scan is cut into chunks that the two threads take one at a time, so a helper thread that starts
+# late (or never, on a busy machine) leaves its share to the calling thread instead of holding the query up.
+# Chunks hold at least _CHUNK_MIN_ROWS scanned rows (each costs a scanner and a result list) and there are at
+# most _CHUNKS_MAX of them.
+_CHUNK_MIN_ROWS = 16_384
+_CHUNKS_MAX = 8
+# Chunk boundaries fall on multiples of this many rows: a whole 64-bit word of the packed bitmap.
+_CHUNK_ALIGNMENT = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +153,9 @@ class QuantisedVectors:
     :param vectors: ``f(slots: int64 array) -> float32 (len(slots), dimension)``: the current rows, read when
         the ranges are recomputed. Without it the ranges are never recomputed (outliers stay outliers).
     :param max_candidates: Largest scan result tried before :meth:`candidates` gives up (returns ``None``).
+    :param scan_threads: Threads one query's scan may use: ``None`` (default) uses two when the scan covers at
+        least :data:`TWO_THREAD_MIN_ROWS` rows, ``1`` always one, ``2`` two whenever the scan has two ranges
+        worth splitting. Capped by the CPUs the process may use either way. Settable later as an attribute.
     """
 
     def __init__(
@@ -128,6 +165,7 @@ class QuantisedVectors:
         *,
         vectors: Callable[[np.ndarray], np.ndarray] | None = None,
         max_candidates: int = 8192,
+        scan_threads: int | None = None,
     ) -> None:
         if similarity not in _SIMILARITIES:
             raise ValueError(f"Unknown similarity {similarity!r}: use 'cosine' or 'dot'.")
@@ -135,12 +173,17 @@ class QuantisedVectors:
             raise ValueError(f"dimension must be positive, got {dimension}.")
         if int(max_candidates) < 1:
             raise ValueError(f"max_candidates must be >= 1, got {max_candidates}.")
+        if scan_threads not in (None, 1, 2):
+            raise ValueError(f"scan_threads must be None (automatic), 1 or 2, got {scan_threads!r}.")
         self.dimension = int(dimension)
         self.similarity = similarity
         self.max_candidates = int(max_candidates)
+        self.scan_threads = scan_threads
         self._vectors_of = vectors
         self._book: _Book | None = None
         self.rebuilds = 0  # how often the ranges were recomputed after construction (observable in tests)
+        # Scans cut into chunks for two threads (observable in tests and benchmarks).
+        self.two_thread_scans = 0
 
     # ------------------------------------------------------------------------------------------ basics
     def __len__(self) -> int:
@@ -293,16 +336,12 @@ class QuantisedVectors:
         bound = self._bound(book, query[0].astype(np.float64))
         if not math.isfinite(bound):
             return None
-        bitmap = np.packbits(scanned, bitorder="little")
-        selector = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))
-        # faiss's generated stubs omit the keyword arguments its Python wrapper accepts.
-        parameters = faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
+        plan = _plan_scan(scanned, scanned_count, self._threads_for(scanned_count))
         # A longer result costs the scan almost nothing, and one that is too short means a second scan.
         wanted = min(scanned_count, max(4 * k, k + 256))
         while True:
-            scores, found = _search_on_one_thread(book.index, query, wanted, parameters)
-            keep = found[0] >= 0
-            scores, found = scores[0][keep].astype(np.float64), found[0][keep]
+            scores, found = _scan_top(book, query[0], plan, wanted)
+            self.two_thread_scans += len(plan.chunks) > 1
             if len(found) < k:  # cannot happen while every allowed slot holds a code; never guess
                 return None
             # k-th best approximate score minus the bound: the exact k-th best is at least this.
@@ -351,6 +390,7 @@ class QuantisedVectors:
         *,
         vectors: Callable[[np.ndarray], np.ndarray] | None = None,
         max_candidates: int = 8192,
+        scan_threads: int | None = None,
     ) -> QuantisedVectors:
         """Read codes written by :meth:`save`. Raises ``ValueError`` naming the file when it is not such a file,
         is damaged, or was written for another dimension or similarity."""
@@ -374,7 +414,7 @@ class QuantisedVectors:
                 f"The quantised vectors '{path}' hold {header.get('dimension')}-d {header.get('similarity')} codes, "
                 f"not {dimension}-d {similarity}. Delete it: the store rebuilds it."
             )
-        loaded = cls(dimension, similarity, vectors=vectors, max_candidates=max_candidates)
+        loaded = cls(dimension, similarity, vectors=vectors, max_candidates=max_candidates, scan_threads=scan_threads)
         if header["empty"]:
             return loaded
         try:
@@ -410,6 +450,14 @@ class QuantisedVectors:
         return loaded
 
     # ------------------------------------------------------------------------------------------ internals
+    def _threads_for(self, rows: int) -> int:
+        """Threads the scan of ``rows`` scanned rows runs on: 1 or 2."""
+        if self.scan_threads == 1 or rows < 2 * _CHUNK_ALIGNMENT:
+            return 1
+        if self.scan_threads is None and rows < TWO_THREAD_MIN_ROWS:
+            return 1
+        return 2 if _usable_cpus() >= 2 else 1
+
     def _prepare(self, vectors: np.ndarray) -> np.ndarray:
         """Rows as encoded: unit rows for cosine (zero rows stay zero), unchanged for dot."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -528,17 +576,222 @@ def _allowed_error(lower: np.ndarray, width: np.ndarray) -> np.ndarray:
     return width64 / (2 * _LEVELS) + 8 * _UNIT_ROUNDOFF * (np.abs(lower64) + np.abs(lower64 + width64) + width64)
 
 
-def _search_on_one_thread(index: Any, query: np.ndarray, wanted: int, parameters: Any) -> tuple[np.ndarray, np.ndarray]:
-    """``index.search`` with one OpenMP thread: a single query's scan runs on one thread anyway, and idle OpenMP
-    workers spinning at the region's barrier take the core that query encoding (or another search) needs."""
-    previous = faiss.omp_get_max_threads()
-    if previous != 1:
-        faiss.omp_set_num_threads(1)
+@dataclasses.dataclass(frozen=True)
+class _ScanPlan:
+    """Which rows one query's scan covers and how: every row of ``chunks`` (consecutive row ranges covering
+    ``0:len(scanned)``; more than one only for a scan on two threads) whose ``scanned`` flag is set."""
+
+    scanned: np.ndarray  # bool (rows,)
+    # ``scanned`` packed for faiss's bitmap selector (bit i of byte i // 8 is row i); None: the scan reads every
+    # row of the chunks, and the `skipped` rows it must not report are dropped from its result afterwards.
+    bitmap: np.ndarray | None
+    skipped: int  # rows whose flag is not set
+    chunks: tuple[tuple[int, int], ...]
+
+
+def _plan_scan(scanned: np.ndarray, scanned_count: int, threads: int) -> _ScanPlan:
+    """How to scan the rows flagged in ``scanned`` (``scanned_count`` of them) on ``threads`` threads."""
+    rows = len(scanned)
+    skipped = rows - scanned_count
+    bitmap = None
+    if skipped > rows // _BITMAP_FREE_MAX_FRACTION:
+        bitmap = _packed(scanned)
+    chunks: tuple[tuple[int, int], ...] = ((0, rows),)
+    if threads >= 2:
+        parts = min(_CHUNKS_MAX, max(2, scanned_count // _CHUNK_MIN_ROWS))
+        cuts = [0, *_balanced_cuts(bitmap, rows, parts), rows]
+        chunks = tuple((begin, stop) for begin, stop in zip(cuts, cuts[1:]) if stop > begin)
+    return _ScanPlan(scanned=scanned, bitmap=bitmap, skipped=skipped, chunks=chunks)
+
+
+def _packed(scanned: np.ndarray) -> np.ndarray:
+    """``scanned`` as faiss's bitmap selector reads it: bit ``i % 8`` of byte ``i // 8`` is row ``i``."""
+    return np.packbits(scanned, bitorder="little")
+
+
+def _balanced_cuts(bitmap: np.ndarray | None, rows: int, parts: int) -> list[int]:
+    """``parts - 1`` ascending rows, multiples of :data:`_CHUNK_ALIGNMENT` inside ``0..rows``, that cut the
+    scanned rows into ``parts`` nearly equal runs (cut all ``rows`` evenly without a bitmap: then nearly every
+    row is scanned)."""
+    fractions = np.arange(1, parts) / parts
+    if bitmap is None:
+        cuts = (fractions * rows) // _CHUNK_ALIGNMENT * _CHUNK_ALIGNMENT
+    else:
+        word = _CHUNK_ALIGNMENT // 8
+        padded = np.zeros(-(-len(bitmap) // word) * word, dtype=np.uint8)
+        padded[: len(bitmap)] = bitmap
+        per_word = np.cumsum(np.bitwise_count(padded.view(np.uint64)), dtype=np.int64)
+        # After the first word whose end brings the count to the fraction.
+        cuts = (np.searchsorted(per_word, fractions * per_word[-1]) + 1) * _CHUNK_ALIGNMENT
+    return sorted({int(cut) for cut in np.clip(cuts, 0, rows)})
+
+
+def _scan_top(book: _Book, query: np.ndarray, plan: _ScanPlan, wanted: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``wanted`` best approximate scores (float64, best first) among the scanned rows and their rows
+    (int64); fewer when fewer rows are scanned."""
+    # Without a bitmap the excluded rows a chunk reports are dropped afterwards: a longer result leaves room.
+    length = wanted + (min(plan.skipped, _BITMAP_FREE_EXTRA) if plan.bitmap is None else 0)
+    if len(plan.chunks) == 1:
+        parts = [_scan_range(book, query, *plan.chunks[0], plan.bitmap, length)]
+    else:
+        parts = _SharedScan(book, query, plan, length).run()
+    if plan.bitmap is None and plan.skipped:
+        kept = []
+        for chunk_scores, chunk_rows in parts:
+            keep = plan.scanned[chunk_rows]
+            # A chunk that filled its result holds its best `keep.sum()` scanned rows; fewer than `wanted` of
+            # them may leave out some of the overall best `wanted`.
+            if len(chunk_rows) == length and np.count_nonzero(keep) < wanted:
+                return _scan_top(book, query, dataclasses.replace(plan, bitmap=_packed(plan.scanned)), wanted)
+            kept.append((chunk_scores[keep], chunk_rows[keep]))
+        parts = kept
+    scores = np.concatenate([part[0] for part in parts]) if len(parts) > 1 else parts[0][0]
+    rows = np.concatenate([part[1] for part in parts]) if len(parts) > 1 else parts[0][1]
+    if len(scores) > wanted:
+        # Which of several rows tied with the last kept score stay out does not matter: the caller keeps no
+        # row scoring as low as the last one unless the result holds every scanned row.
+        best = np.argpartition(-scores, wanted - 1)[:wanted]
+        scores, rows = scores[best], rows[best]
+    order = np.lexsort((rows, -scores))
+    return scores[order].astype(np.float64), rows[order]
+
+
+class _SharedScan:
+    """The chunks of one query's scan, taken one at a time by the calling thread (:meth:`run`) and, if it is
+    free and starts in time, the process's helper thread (:meth:`help`). The caller never waits for the helper
+    to start: once every chunk is taken (or its own scan failed) it closes the scan, and a helper starting later
+    does nothing; it only waits for the result of a chunk the helper is scanning."""
+
+    def __init__(self, book: _Book, query: np.ndarray, plan: _ScanPlan, length: int) -> None:
+        self._book, self._query, self._plan, self._length = book, query, plan, length
+        self._lock = threading.Lock()
+        self._next = 0
+        self._closed = False
+        self._helping = False
+        self._helper_done = threading.Event()
+        self._helper_error: BaseException | None = None
+        self._results: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(plan.chunks)
+
+    def run(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Every chunk's best scores and rows, scanned with the helper's help when it is free."""
+        busy = _helper_busy
+        borrowed = busy.acquire(blocking=False)
+        helping = False
+        try:
+            if borrowed:
+                try:
+                    _helper().submit(self.help)
+                except RuntimeError:  # the interpreter is shutting down: no new threads, scan alone
+                    pass
+            try:
+                self._scan_chunks()
+            finally:
+                with self._lock:
+                    self._closed = True
+                    helping = self._helping
+                if helping:
+                    self._helper_done.wait()
+        finally:
+            if borrowed:
+                busy.release()
+        if self._helper_error is not None:
+            raise self._helper_error
+        results = [result for result in self._results if result is not None]
+        assert len(results) == len(self._results)  # every chunk was taken, and each taker finished it
+        return results
+
+    def help(self) -> None:
+        """The helper thread's share: chunks until none is left (nothing when the caller already closed)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._helping = True
+        try:
+            self._scan_chunks()
+        except BaseException as error:  # handed to the caller, which raises it
+            self._helper_error = error
+        finally:
+            self._helper_done.set()
+
+    def _scan_chunks(self) -> None:
+        while True:
+            with self._lock:
+                number = self._next
+                if number >= len(self._results):
+                    return
+                self._next += 1
+            begin, stop = self._plan.chunks[number]
+            self._results[number] = _scan_range(self._book, self._query, begin, stop, self._plan.bitmap, self._length)
+
+
+def _scan_range(
+    book: _Book, query: np.ndarray, start: int, stop: int, bitmap: np.ndarray | None, length: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The best ``length`` approximate scores (float32, unordered) of rows ``start:stop`` (those set in
+    ``bitmap``, or all) and their rows; fewer when the range holds fewer. Runs on the calling thread only."""
+    scores = np.full(length, np.finfo(np.float32).min, dtype=np.float32)  # an empty min-heap, as faiss fills it
+    labels = np.full(length, -1, dtype=np.int64)
+    selector = None
+    if bitmap is not None:
+        # `start` is a multiple of 8: the chunk's bits begin at a byte, and faiss numbers its rows from 0.
+        part = bitmap[start // 8 : -(-stop // 8)]
+        selector = faiss.IDSelectorBitmap(len(part), faiss.swig_ptr(part))
+    codes = book.codes[start:stop]
+    # The scanner reads the trained ranges of `book.index` and the query by pointer: both outlive it here.
+    scanner = book.index.sq.select_InvertedListScanner(faiss.METRIC_INNER_PRODUCT, None, True, selector, False)
     try:
-        return index.search(query, wanted, params=parameters)
+        scanner.set_list(0, 0.0)  # store_pairs=True, list 0: a row's label is its position in `codes`
+        scanner.set_query(faiss.swig_ptr(query))
+        scanner.scan_codes(
+            stop - start, faiss.swig_ptr(codes), None, faiss.swig_ptr(scores), faiss.swig_ptr(labels), length
+        )
     finally:
-        if previous != 1:
-            faiss.omp_set_num_threads(previous)
+        # faiss hands the scanner over without telling SWIG, and taking ownership through `scanner.this.own()`
+        # breaks SWIG's type table for every later scanner: free it explicitly.
+        type(scanner).__swig_destroy__(scanner)
+    found = labels >= 0
+    return scores[found], labels[found] + start
+
+
+# The one helper thread of the process and whether a query is using it (see the module docstring).
+_helper_busy = threading.Lock()
+_helper_guard = threading.Lock()
+_helper_executor: ThreadPoolExecutor | None = None
+
+
+def _helper() -> ThreadPoolExecutor:
+    global _helper_executor
+    with _helper_guard:
+        if _helper_executor is None:
+            _helper_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="quantised-scan")
+        return _helper_executor
+
+
+def _forget_helper_after_fork() -> None:
+    """A forked child has no helper thread (only the forking thread survives) and may inherit a held lock."""
+    global _helper_busy, _helper_guard, _helper_executor
+    _helper_busy, _helper_guard, _helper_executor = threading.Lock(), threading.Lock(), None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_helper_after_fork)
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by its cgroup's CPU quota."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    quota = _cpu_quota()
+    return max(1, min(cpus, math.ceil(quota))) if quota is not None else max(1, cpus)
+
+
+@functools.cache
+def _cpu_quota() -> float | None:
+    from dual_encoder.acceleration import _cgroup_cpu_quota
+
+    return _cgroup_cpu_quota()
 
 
 def _read_codes(path: Path, out: np.ndarray) -> None:
