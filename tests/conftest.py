@@ -27,6 +27,42 @@ def minilm():
 
 
 @pytest.fixture(scope="session")
+def builders():
+    """``examples/build_pipelines.py`` as a module: the example pipelines, their encoder and the sample corpus."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "build_pipelines", Path(__file__).resolve().parents[1] / "examples" / "build_pipelines.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def embedded_samples(builders):
+    """The sample corpus embedded once, as the example indexing pipeline embeds it (so it passes through unchanged)."""
+    from haystack_integrations.components.embedders.dual_encoder import DualEncoderDocumentEmbedder
+
+    embedder = DualEncoderDocumentEmbedder(encoder=builders.ENCODER, meta_fields_to_embed=["title"], progress_bar=False)
+    return embedder.run(documents=builders.sample_documents())["documents"]
+
+
+@pytest.fixture(scope="session")
+def index_sample_corpus(builders, embedded_samples):
+    """``index_sample_corpus(path)`` writes the sample corpus into an embedded store at ``path`` with the example
+    indexing pipeline (its embedder reuses the session's embeddings) and returns that pipeline, not yet closed."""
+
+    def index(path: Path):
+        indexing = builders.build_indexing_pipeline(str(path))
+        indexing.get_component("embedder").progress_bar = False
+        assert indexing.run({"embedder": {"documents": embedded_samples}})["writer"]["documents_written"] == 30
+        return indexing
+
+    return index
+
+
+@pytest.fixture(scope="session")
 def asymmetric_model_dir(tmp_path_factory) -> Path:
     """An asymmetric Router model: full all-MiniLM-L6-v2 for documents, its first 3 layers for queries."""
     from sentence_transformers import SentenceTransformer

@@ -32,21 +32,10 @@ if importlib.util.find_spec("hayhooks") is None:
 
 
 @pytest.fixture(scope="module")
-def builders():
-    spec = importlib.util.spec_from_file_location("build_pipelines", EXAMPLES / "build_pipelines.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def served_folder(tmp_path_factory, builders) -> Path:
+def served_folder(tmp_path_factory, builders, index_sample_corpus) -> Path:
     """A working directory with the sample corpus indexed at ``dual-encoder-index`` (the path the YAML names)."""
     folder = tmp_path_factory.mktemp("served")
-    indexing = builders.build_indexing_pipeline(str(folder / builders.STORE_PATH))
-    indexing.get_component("embedder").progress_bar = False
-    assert indexing.run({"embedder": {"documents": builders.sample_documents()}})["writer"]["documents_written"] == 30
-    indexing.close()
+    index_sample_corpus(folder / builders.STORE_PATH).close()
     (folder / "pipelines").mkdir()
     shutil.copy(SERVED_YAML, folder / "pipelines" / "query.yml")
     return folder

@@ -4,7 +4,6 @@ harmless, a closed store refuses use with an error that names the way out, and r
 """
 
 import asyncio
-import importlib.util
 import os
 from pathlib import Path
 
@@ -28,24 +27,8 @@ from dual_encoder.embedded import open_embedded_store
 from dual_encoder.stores import StoredRecord
 from dual_encoder.stores.contract import StoreClosedError
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 QUESTION = "Why do we have summer and winter?"
 PROC_FD = Path("/proc/self/fd")
-
-
-@pytest.fixture(scope="module")
-def builders():
-    spec = importlib.util.spec_from_file_location("build_pipelines", EXAMPLES / "build_pipelines.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def embedded_samples(builders):
-    """The sample corpus embedded once, as the example indexing pipeline embeds it (so it passes through unchanged)."""
-    embedder = DualEncoderDocumentEmbedder(encoder=builders.ENCODER, meta_fields_to_embed=["title"], progress_bar=False)
-    return embedder.run(documents=builders.sample_documents())["documents"]
 
 
 def descriptors_under(folder: Path) -> list[str]:
@@ -75,12 +58,11 @@ def ask(pipeline: Pipeline) -> dict:
 
 # ------------------------------------------------------------------------------------------- embedded store
 def test_pipeline_close_releases_the_embedded_store_files_and_a_rerun_reopens_them(
-    tmp_path, builders, embedded_samples
+    tmp_path, builders, index_sample_corpus
 ):
     path = tmp_path / "index"
-    indexing = builders.build_indexing_pipeline(str(path))
+    indexing = index_sample_corpus(path)
     query = builders.build_query_pipeline(str(path))
-    assert indexing.run({"embedder": {"documents": embedded_samples}})["writer"]["documents_written"] == 30
     before = ranked(ask(query))
     assert before[0][0] == "seasons"
     held = descriptors_under(path)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from dual_encoder._optional import requires_extra
 from dual_encoder_weaviate.errors import (
     PartialWriteError,
     ReplicaUnavailableError,
@@ -50,12 +51,13 @@ __all__ = [
 
 def __getattr__(name: str) -> type:
     # The Weaviate client is imported only by those who use the store (the server tool and CLI do not need it).
-    if name == "WeaviateStore":
-        from dual_encoder_weaviate.store import WeaviateStore
+    if name not in ("WeaviateStore", "CollectionSettings"):
+        raise AttributeError(name)
+    with requires_extra("weaviate", package="weaviate-client", extra="weaviate", needed_by=f"{__name__}.{name}"):
+        if name == "WeaviateStore":
+            from dual_encoder_weaviate.store import WeaviateStore
 
-        return WeaviateStore
-    if name == "CollectionSettings":
+            return WeaviateStore
         from dual_encoder_weaviate.collection import CollectionSettings
 
         return CollectionSettings
-    raise AttributeError(name)

@@ -10,8 +10,11 @@ Example::
     DualEncoderRetriever(vectorstore=vectorstore, k=5).invoke("What causes tides?")
 """
 
-from langchain_dual_encoder.embeddings import DualEncoderEmbeddings
-from langchain_dual_encoder.retriever import DualEncoderRetriever
-from langchain_dual_encoder.vectorstore import DualEncoderVectorStore, as_store
+from dual_encoder._optional import requires_extra
+
+with requires_extra("langchain_core", package="langchain-core", extra="langchain", needed_by=__name__):
+    from langchain_dual_encoder.embeddings import DualEncoderEmbeddings
+    from langchain_dual_encoder.retriever import DualEncoderRetriever
+    from langchain_dual_encoder.vectorstore import DualEncoderVectorStore, as_store
 
 __all__ = ["DualEncoderEmbeddings", "DualEncoderRetriever", "DualEncoderVectorStore", "as_store"]

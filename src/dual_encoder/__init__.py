@@ -56,26 +56,6 @@ def _installed_version() -> str:
 
 __version__: str = _installed_version()
 
-# Public name -> the module that defines it, imported on first access (PEP 562).
-_LAZY: dict[str, str] = {
-    "DualEncoder": "dual_encoder.encoder",
-    "EncoderFingerprint": "dual_encoder.fingerprint",
-    "StoredSpace": "dual_encoder.fingerprint",
-    "DOCUMENT_SPACE_META_KEY": "dual_encoder.fingerprint",
-    "EMBEDDED_INPUT_META_KEY": "dual_encoder.fingerprint",
-    "Store": "dual_encoder.stores.contract",
-    "StoredRecord": "dual_encoder.stores.contract",
-    "SearchHit": "dual_encoder.stores.contract",
-    "SearchResult": "dual_encoder.stores.contract",
-    "WriteSummary": "dual_encoder.stores.contract",
-    "DuplicatePolicy": "dual_encoder.stores.contract",
-    "KeywordSearchUnsupportedError": "dual_encoder.stores.contract",
-    "StoreClosedError": "dual_encoder.stores.contract",
-    "open_embedded_store": "dual_encoder.embedded",
-    "EmbeddedStore": "dual_encoder.embedded",
-    "StoreLockedError": "dual_encoder.embedded",
-}
-
 __all__ = [
     "BACKENDS",
     "DISTRIBUTION",
@@ -111,6 +91,22 @@ __all__ = [
     "open_embedded_store",
 ]
 
+# The modules that define the public names not imported above, each imported on first use (PEP 562).
+_LAZY_MODULES: dict[str, tuple[str, ...]] = {
+    "dual_encoder.encoder": ("DualEncoder",),
+    "dual_encoder.fingerprint": (
+        "EncoderFingerprint",
+        "StoredSpace",
+        "DOCUMENT_SPACE_META_KEY",
+        "EMBEDDED_INPUT_META_KEY",
+    ),
+    "dual_encoder.embedded": ("open_embedded_store", "EmbeddedStore", "StoreLockedError"),
+}
+#: Public name -> the module it is imported from on first access. Every other public name not defined here is
+#: one of the store contract's, which ``dual_encoder.stores`` exports, so that package's list is the only one.
+_LAZY: dict[str, str] = {name: module for module, names in _LAZY_MODULES.items() for name in names}
+_LAZY.update({name: "dual_encoder.stores" for name in __all__ if name not in globals() and name not in _LAZY})
+
 
 def __getattr__(name: str) -> Any:
     """Import a public name's module the first time the name is used, and keep the value here."""
@@ -135,7 +131,7 @@ if TYPE_CHECKING:  # Type checkers and IDEs see the lazy names as ordinary impor
         EncoderFingerprint,
         StoredSpace,
     )
-    from dual_encoder.stores.contract import (
+    from dual_encoder.stores import (
         DuplicatePolicy,
         KeywordSearchUnsupportedError,
         SearchHit,

@@ -7,22 +7,36 @@ Text files are read as UTF-8 (a byte-order mark is dropped) with line endings tu
 
 Every problem is reported before anything is indexed, with the fix: a missing path, a folder without text
 files, files that cannot be read, are binary or are not UTF-8 (all of them named at once), bad JSON lines.
+
+Files deleted from a folder: :func:`forget_missing_files` records, in the store, which files each indexed folder
+held, and on the next run over the same folder removes the passages of the files that are gone.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from dual_encoder.chunking import SOURCE_ID_KEY
 from dual_encoder.documents import DocumentInput
 from dual_encoder.errors import InvalidDocumentError
+
+if TYPE_CHECKING:
+    from dual_encoder.embedded import EmbeddedStore
 
 TEXT_SUFFIXES = (".txt", ".md")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 _KINDS = "a folder of .txt/.md files, one .txt/.md file, or a .jsonl file"
 _PROBLEMS_SHOWN = 10
+#: Where :func:`forget_missing_files` records, in a store's metadata, the files (paths relative to the folder)
+#: each indexed folder held, by the folder's resolved path.
+FOLDER_FILES_METADATA_KEY = "folder_files"
+#: The meta key a folder's documents carry their path in (relative to the folder).
+PATH_META_KEY = "path"
+_IDS_PER_FILTER = 500
 
 
 def read_documents(source: str | Path) -> list[DocumentInput]:
@@ -42,7 +56,7 @@ def read_documents(source: str | Path) -> list[DocumentInput]:
         text, problem = _read_text_file(path)
         if problem:
             raise InvalidDocumentError(f"'{path}' {problem}")
-        return [DocumentInput(id=path.name, content=text, meta={"path": path.name})]
+        return [DocumentInput(id=path.name, content=text, meta={PATH_META_KEY: path.name})]
     raise InvalidDocumentError(
         f"'{source}' is not {_KINDS}; cannot read documents from it. Convert it to text (.txt/.md) or to JSON lines "
         f"with a 'content' field first."
@@ -69,7 +83,7 @@ def _read_folder(folder: Path) -> list[DocumentInput]:
         if problem:
             problems.append(f"'{file}' {problem}")
         else:
-            documents.append(DocumentInput(id=relative, content=text, meta={"path": relative}))
+            documents.append(DocumentInput(id=relative, content=text, meta={PATH_META_KEY: relative}))
     if problems:
         shown = "\n  ".join(problems[:_PROBLEMS_SHOWN])
         more = f"\n  ... and {len(problems) - _PROBLEMS_SHOWN} more" if len(problems) > _PROBLEMS_SHOWN else ""
@@ -152,3 +166,80 @@ def _read_jsonl(file: Path) -> list[DocumentInput]:
             f'\'{file}\' holds no documents. Write one JSON object per line, e.g. {{"id": "a", "content": "..."}}.'
         )
     return documents
+
+
+@dataclass(frozen=True)
+class MissingFiles:
+    """What :func:`forget_missing_files` found: the ``files`` (relative paths) ``folder`` held when it was last
+    indexed and holds no more, and their ``passages`` in the store: deleted (``removed``) or left in place."""
+
+    folder: Path
+    files: tuple[str, ...]
+    passages: int
+    removed: bool
+
+    def describe(self, shown: int = 5) -> str:
+        """The files as a short list for a message: the first ``shown`` names, then how many more."""
+        names = ", ".join(self.files[:shown])
+        return names + (f" and {len(self.files) - shown} more" if len(self.files) > shown else "")
+
+
+def forget_missing_files(
+    store: EmbeddedStore, source: str | Path, documents: Sequence[DocumentInput], *, keep: bool = False
+) -> MissingFiles | None:
+    """After ``documents`` read from the folder ``source`` were indexed into ``store``: delete the passages of the
+    files the folder held when it was last indexed into this store and holds no more, and record its files now.
+
+    A folder is known by its resolved path; a store may hold several folders (and other sources), and only files
+    recorded for this folder are considered, so nothing another source wrote is touched. The first run over a
+    folder records it and removes nothing. With ``keep``, the passages stay and the gone files stay recorded, so a
+    later run without it removes them.
+
+    :returns: ``None`` for a source that is not a folder, else what was found (no files: nothing was missing).
+    """
+    folder = Path(source)
+    if not folder.is_dir():
+        return None
+    key = str(folder.resolve())
+    recorded: Mapping[str, list[str]] = store.metadata.get(FOLDER_FILES_METADATA_KEY) or {}
+    current = {document.id for document in documents}
+    # Ids are shared by every source of a store: a file another folder holds now is that folder's.
+    elsewhere = {name for other, names in recorded.items() if other != key for name in names}
+    gone = tuple(sorted(set(recorded.get(key, ())) - current - elsewhere))
+    passages = 0
+    if gone:
+        passages = _passage_count(store, gone) if keep else _delete_passages(store, gone)
+    still_recorded = gone if keep else ()
+    store.set_metadata(FOLDER_FILES_METADATA_KEY, {**recorded, key: sorted(current.union(still_recorded))})
+    return MissingFiles(folder=folder, files=gone, passages=passages, removed=bool(gone) and not keep)
+
+
+def _file_filters(files: Sequence[str]) -> Iterator[dict[str, Any]]:
+    """Filters matching the passages of ``files`` (a folder's documents), a group of files at a time."""
+    for begin in range(0, len(files), _IDS_PER_FILTER):
+        group = list(files[begin : begin + _IDS_PER_FILTER])
+        yield {
+            "operator": "AND",
+            "conditions": [
+                {"field": f"meta.{SOURCE_ID_KEY}", "operator": "in", "value": group},
+                {"field": f"meta.{PATH_META_KEY}", "operator": "in", "value": group},
+            ],
+        }
+
+
+def _unsplit_records(store: EmbeddedStore, files: Sequence[str]) -> list[str]:
+    """Ids of records of ``files`` stored whole, without passage meta (as indexing without splitting once did)."""
+    return [
+        record_id
+        for record_id, record in store.stored_versions(files).items()
+        if SOURCE_ID_KEY not in record.meta and record.meta.get(PATH_META_KEY) == record_id
+    ]
+
+
+def _passage_count(store: EmbeddedStore, files: Sequence[str]) -> int:
+    return sum(store.count(filters) for filters in _file_filters(files)) + len(_unsplit_records(store, files))
+
+
+def _delete_passages(store: EmbeddedStore, files: Sequence[str]) -> int:
+    deleted = sum(store.delete_where(filters) for filters in _file_filters(files))
+    return deleted + store.delete(_unsplit_records(store, files))
