@@ -278,3 +278,129 @@ def test_static_query_settings_are_checked():
         TrainingConfig(data="x", output="y", architecture="static-query", static_query_init="random")
     with pytest.raises(ConfigurationError, match="query_model"):
         TrainingConfig(data="x", output="y", architecture="static-query", query_model="all-MiniLM-L6-v2")
+
+
+# ------------------------------------------------------------------------------------------------ token limits
+LONG_TEXT = " ".join(f"tide{number} coral heat pump" for number in range(25))  # far over 16 tokens, under 256
+
+
+def test_a_token_limit_set_on_a_static_query_model_applies_to_both_towers(static_model_dir, minilm, caplog):
+    from dual_encoder.encoder import QUERY_ROUTE, DualEncoder, tower_modules
+    from dual_encoder.static_query import load_static_query_export, token_limit
+
+    encoder = DualEncoder({"model": str(static_model_dir), "max_seq_length": 16})
+    assert encoder.max_seq_length == 16
+    assert token_limit(tower_modules(encoder.model, QUERY_ROUTE)[0]) == 16  # the static tower's tokenizer
+    # Another truncation is another document space: the one all-MiniLM-L6-v2 has with the same limit.
+    same_limit = DualEncoder({"model": "all-MiniLM-L6-v2", "max_seq_length": 16})
+    assert encoder.fingerprint.document_space == same_limit.fingerprint.document_space
+    assert encoder.fingerprint.document_space != minilm.fingerprint.document_space
+
+    with caplog.at_level(logging.WARNING):
+        first = encoder.encode_query(LONG_TEXT)
+        encoder.encode_queries([LONG_TEXT, "tides"])
+        documents = encoder.encode_documents([LONG_TEXT, "Tides are caused by the Moon."])
+        encoder.encode_documents([LONG_TEXT])
+    query_warnings = [r.getMessage() for r in caplog.records if "static query tower's limit" in r.getMessage()]
+    document_warnings = [r.getMessage() for r in caplog.records if "document tower's limit" in r.getMessage()]
+    assert len(query_warnings) == 1 and "limit of 16 tokens" in query_warnings[0]
+    assert len(document_warnings) == 1 and "limit of 16 tokens" in document_warnings[0]
+    export = load_static_query_export(static_model_dir)
+    ids = export.encoder._tokenizer.encode(LONG_TEXT, add_special_tokens=False).ids
+    assert len(ids) > 16
+    expected = export.encoder.table[ids[:16]].mean(axis=0)
+    np.testing.assert_allclose(first, expected / np.linalg.norm(expected), atol=1e-5)
+    np.testing.assert_allclose(documents, same_limit.encode_documents([LONG_TEXT, "Tides are caused by the Moon."]))
+
+
+def test_an_over_long_query_through_the_encoder_warns_once_per_loaded_tower(static_model_dir, caplog):
+    from dual_encoder.encoder import DualEncoder
+    from dual_encoder.static_query import forget_static_query_exports
+
+    forget_static_query_exports()  # the next encoders load the export afresh, so nothing has warned yet
+    longest = " ".join(["coral"] * 300)
+    first, second = DualEncoder(str(static_model_dir)), DualEncoder(str(static_model_dir))
+    with caplog.at_level(logging.WARNING, logger="dual_encoder.static_query"):
+        first.encode_query(longest)
+        second.encode_queries([longest, "tides", longest])
+    warnings = [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()]
+    assert warnings == [
+        "1 of 1 queries are longer than the static query tower's limit of 256 tokens and were truncated; only their "
+        "first 256 tokens are embedded. This warning is shown once per loaded tower."
+    ]
+    assert first._static_export is not None and first._model is None  # the torch-free path, no model loaded
+
+
+def _plain_static_model(folder: Path, static_model_dir: Path, *, truncate: bool) -> Path:
+    """A Siamese model that is nothing but a StaticEmbedding (both towers static), over the trained table."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import StaticEmbedding
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(static_model_dir / "static_query" / "tokenizer.json"))
+    if not truncate:
+        tokenizer.no_truncation()
+    table = np.load(static_model_dir / "static_query" / "embeddings.npy")
+    SentenceTransformer(modules=[StaticEmbedding(tokenizer, embedding_weights=table)], device="cpu").save(str(folder))
+    return folder
+
+
+def test_a_static_document_tower_reports_its_tokenizers_limit_and_takes_another(static_model_dir, tmp_path):
+    from dual_encoder.encoder import DualEncoder
+
+    folder = _plain_static_model(tmp_path / "plain", static_model_dir, truncate=True)
+    encoder = DualEncoder(str(folder))
+    assert encoder.max_seq_length == 256  # its tokenizer's truncation, not StaticEmbedding's infinite limit
+    assert len(encoder.model[0].tokenizer.encode(LONG_TEXT, add_special_tokens=False).ids) < 256
+    assert encoder.count_truncated([LONG_TEXT, "tides"]) == 0
+    assert encoder.count_truncated([" ".join(["coral"] * 300), "tides"]) == 1
+    limited = DualEncoder({"model": str(folder), "max_seq_length": 8})
+    assert limited.max_seq_length == 8
+    assert limited.fingerprint.document_space != encoder.fingerprint.document_space
+    assert limited.count_truncated([LONG_TEXT, "tides"]) == 1
+    ids = limited.model[0].tokenizer.encode(LONG_TEXT, add_special_tokens=False).ids
+    assert len(ids) == 8
+    table = np.load(static_model_dir / "static_query" / "embeddings.npy")
+    full_ids = encoder.model[0].tokenizer.encode(LONG_TEXT, add_special_tokens=False).ids
+    np.testing.assert_allclose(limited.encode_documents([LONG_TEXT])[0], table[full_ids[:8]].mean(axis=0), atol=1e-5)
+
+
+def test_a_static_tower_whose_tokenizer_does_not_truncate_has_no_limit(static_model_dir, tmp_path):
+    from dual_encoder.encoder import DualEncoder
+
+    folder = _plain_static_model(tmp_path / "unlimited", static_model_dir, truncate=False)
+    encoder = DualEncoder(str(folder))
+    assert encoder.max_seq_length is None
+    assert encoder.count_truncated([" ".join(["coral"] * 1000)]) == 0
+    assert encoder.fingerprint.dimension == 384  # computed without an infinite limit in it
+
+
+def test_training_with_a_token_limit_saves_it_in_both_towers(tmp_path):
+    from dual_encoder.encoder import DualEncoder
+    from dual_encoder.static_query import load_static_query_export
+    from dual_encoder.training import train
+
+    data = _write_beir_folder(tmp_path / "data", with_labels=True)
+    result = train(_config(data, tmp_path / "model", static_query_epochs=1, max_seq_length=32), announce=None)
+    model = Path(result.model_path)
+    manifest = load_static_query_export(model).manifest
+    assert (manifest.document_max_seq_length, manifest.max_query_tokens) == (32, 32)
+    assert DualEncoder(str(model)).max_seq_length == 32
+    assert DualEncoder({"model": str(model), "max_seq_length": 32}).load()._static_export is not None
+    assert result.report["document_index_still_valid"] is True
+    minilm_32 = DualEncoder({"model": "all-MiniLM-L6-v2", "max_seq_length": 32})
+    assert result.report["fingerprint"]["document_space"] == minilm_32.fingerprint.document_space
+    card = (model / "README.md").read_text(encoding="utf-8")
+    assert "inf tokens" not in card
+    assert "**Maximum Sequence Length:** 32 tokens for documents, 32 for queries" in card
+
+
+def test_the_report_goes_through_the_shared_writer(trained, static_model_dir):
+    from test_training_outputs import SHARED_KEYS
+
+    assert set(trained.report) == SHARED_KEYS | {"objective", "dev_full_query_tower", "query_encoding"}
+    assert json.loads((static_model_dir / "training_report.json").read_text(encoding="utf-8")) == trained.report
+    record = json.loads((static_model_dir / "dual_encoder.json").read_text(encoding="utf-8"))
+    assert record["architecture"] == "static-query" and record["training_status"] == "not_checked"
+    assert record["document_index_still_valid_for_base_model"] is True
+    assert record["fingerprint"] == trained.report["fingerprint"]

@@ -32,8 +32,11 @@ from dual_encoder.static_query import (
     StaticQueryEncoder,
     StaticQueryExport,
     StaticQueryManifest,
+    count_truncated_by_tokenizer,
+    is_static_module,
     static_query_encoder_from_model,
     static_query_export_for,
+    token_limit,
 )
 
 if TYPE_CHECKING:
@@ -206,12 +209,10 @@ class DualEncoder:
 
     @property
     def max_seq_length(self) -> int | None:
-        """Token limit of the document tower."""
+        """Token limit of the document tower (a static tower's is its tokenizer's truncation; ``None``: no limit)."""
         if self._static_manifest is not None:
             return self._static_manifest.document_max_seq_length
-        module = _input_module(self.model, DOCUMENT_ROUTE)
-        value = getattr(module, "max_seq_length", None)
-        return int(value) if value is not None else None
+        return token_limit(_input_module(self.model, DOCUMENT_ROUTE))
 
     @property
     def fingerprint(self) -> EncoderFingerprint:
@@ -248,7 +249,7 @@ class DualEncoder:
                     tower_digest=query_digest,
                     prompt=self.query_prompt,
                     normalize=normalize,
-                    max_seq_length=getattr(query_module, "max_seq_length", None),
+                    max_seq_length=token_limit(query_module),
                 ),
                 dimension=self.dimension,
                 similarity=self.similarity,
@@ -426,10 +427,13 @@ class DualEncoder:
     def count_truncated(self, texts: Sequence[str]) -> int:
         """How many document texts (with the document prompt) exceed the document tower's token limit."""
         limit = self.max_seq_length
-        tokenizer = getattr(_input_module(self.model, DOCUMENT_ROUTE), "tokenizer", None)
+        module = _input_module(self.model, DOCUMENT_ROUTE)
+        tokenizer = getattr(module, "tokenizer", None)
         if limit is None or tokenizer is None:
             return 0
         prompt = self.document_prompt
+        if is_static_module(module):  # its tokenizer (the tokenizers library's) truncates by itself
+            return count_truncated_by_tokenizer(tokenizer, [prompt + text for text in texts])
         lengths = tokenizer(
             [prompt + text for text in texts],
             add_special_tokens=True,

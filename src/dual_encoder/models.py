@@ -116,7 +116,9 @@ def load_shared_model(
             load_device = "cpu" if BACKEND_PRECISIONS[backend] is not None else device
             model = _load(name, location, device=load_device, trust_remote_code=trust_remote_code)
             if max_seq_length is not None:
-                model.max_seq_length = max_seq_length
+                from dual_encoder.static_query import set_token_limit
+
+                set_token_limit(model, max_seq_length)  # also a static tower's, whose max_seq_length is read-only
             model.eval()
             runs_on = accelerate(model, backend, name=name, fall_back_to_torch=requested == AUTO_BACKEND)
             _shared_models[fallback_key if runs_on != backend else key] = model

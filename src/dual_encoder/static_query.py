@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -67,7 +68,9 @@ TOKENIZER_FILE = "tokenizer.json"
 EXPORT_FORMAT = "dual-encoder-static-query"
 EXPORT_VERSION = 1
 #: Files a training run writes next to the model that do not change what the model computes.
-_NOT_MODEL_FILES = frozenset({"README.md", "training_report.json", "training_curves.png", "dual_encoder.json"})
+_NOT_MODEL_FILES = frozenset(
+    {"README.md", "training_report.json", "training_curves.png", "dual_encoder.json", "hybrid_fusion.json"}
+)
 _HASH_CHUNK = 1 << 20
 _NORMALIZE_EPSILON = 1e-12  # torch.nn.functional.normalize's, so both paths treat tiny vectors alike
 
@@ -538,3 +541,54 @@ def unknown_token_ids(tokenizer: Any) -> tuple[int, ...]:
         if token_id is not None:
             ids.add(token_id)
     return tuple(sorted(ids))
+
+
+# --------------------------------------------------------------------------------------------- token limits
+def is_static_module(module: Any) -> bool:
+    """Whether ``module`` (a model's input module) is a static token table such as sentence-transformers'
+    ``StaticEmbedding``: it reports an infinite ``max_seq_length`` (a mean of token rows has no position limit) and
+    reads text with a ``tokenizers.Tokenizer``, whose truncation is what bounds the tokens it embeds."""
+    value = getattr(module, "max_seq_length", None)
+    tokenizer = getattr(module, "tokenizer", None)
+    return isinstance(value, float) and math.isinf(value) and hasattr(tokenizer, "enable_truncation")
+
+
+def token_limit(module: Any) -> int | None:
+    """The most tokens of a text that ``module`` (a model's input module) embeds, or ``None`` for no limit.
+
+    A transformer's limit is its ``max_seq_length``; a static table's is its tokenizer's truncation (``None`` when
+    the tokenizer does not truncate), never its infinite ``max_seq_length``.
+    """
+    if is_static_module(module):
+        truncation = module.tokenizer.truncation
+        return int(truncation["max_length"]) if truncation else None
+    value = getattr(module, "max_seq_length", None)
+    return int(value) if value is not None else None
+
+
+def set_token_limit(model: SentenceTransformer, limit: int) -> None:
+    """Make every input module of ``model`` (the first module of each route, for a Router) embed at most ``limit``
+    tokens: a transformer through its ``max_seq_length``, a static table through its tokenizer's truncation (a
+    ``StaticEmbedding``'s ``max_seq_length`` is read-only, so ``model.max_seq_length = limit`` fails on it)."""
+    from sentence_transformers.base.modules import Router
+
+    first = model[0]
+    if isinstance(first, Router):
+        # As Router's own setter: the first module of each route that has a limit.
+        routes: list[list[Any]] = [list(route) for route in first.sub_modules.values()]  # type: ignore[call-overload]
+        inputs = [modules[0] for modules in routes if modules and hasattr(modules[0], "max_seq_length")]
+    else:
+        inputs = [first]
+    for module in inputs:
+        if is_static_module(module):
+            module.tokenizer.enable_truncation(max_length=limit)
+        else:
+            module.max_seq_length = limit
+
+
+def count_truncated_by_tokenizer(tokenizer: Any, texts: Sequence[str]) -> int:
+    """How many of ``texts`` a ``tokenizers.Tokenizer`` truncates, read as a static table reads them (no special
+    tokens); 0 when it does not truncate."""
+    if not tokenizer.truncation:
+        return 0
+    return sum(1 for encoding in tokenizer.encode_batch(list(texts), add_special_tokens=False) if encoding.overflowing)

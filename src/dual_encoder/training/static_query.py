@@ -43,7 +43,7 @@ Example::
 
 from __future__ import annotations
 
-import json
+import copy
 import logging
 import math
 import random
@@ -62,7 +62,7 @@ from dual_encoder.errors import ConfigurationError
 from dual_encoder.models import load_shared_model
 from dual_encoder.sources import json_objects
 from dual_encoder.training.config import TrainingConfig
-from dual_encoder.training.data import TrainingData, load_training_data, split_off_dev
+from dual_encoder.training.data import TrainingData, load_training_data
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -90,15 +90,13 @@ def train_static_query(config: TrainingConfig, *, announce: Callable[[str], None
     import torch
 
     from dual_encoder.static_query import write_static_query_export
-    from dual_encoder.training.guard import IMPROVED, NO_IMPROVEMENT, NOT_CHECKED, Verdict, judge
-    from dual_encoder.training.report import guard_card_section, plot_training_curves
+    from dual_encoder.training.guard import IMPROVED, NO_IMPROVEMENT, judge
+    from dual_encoder.training.report import write_training_outputs
     from dual_encoder.training.trainer import (
-        FINGERPRINT_FILE,
-        REPORT_FILE,
         TrainingResult,
         _check_output_folder,
         _clear_model_files,
-        _machine,
+        _train_and_dev,
         resolve_precision,
     )
 
@@ -113,9 +111,7 @@ def train_static_query(config: TrainingConfig, *, announce: Callable[[str], None
 
     base = _base_model(config)
     data, labelled, notes = _training_texts(config)
-    train_data, dev_data = (
-        split_off_dev(data, fraction=config.dev_fraction, seed=config.seed) if labelled else (data, None)
-    )
+    train_data, dev_data = _train_and_dev(config, data) if labelled else (data, None)
     objective = config.light_query_objective if labelled else "distill"
     if not labelled:
         notes.append(
@@ -132,6 +128,8 @@ def train_static_query(config: TrainingConfig, *, announce: Callable[[str], None
     # backend for it: the same space, as for hard-negative mining.
     mark = time.perf_counter()
     teacher = DualEncoder(_encoder_config(config, backend="openvino-bf16" if precision == "bf16" else "torch"))
+    # The prompt the saved tower puts before every query: the configured one, else the base model's own.
+    query_prompt = teacher.query_prompt
     pool_ids = _document_pool(train_data, dev_data, seed=config.seed)
     say(
         f"static-query: embedding {len(pool_ids):,} documents once with the frozen document tower, and the "
@@ -144,7 +142,7 @@ def train_static_query(config: TrainingConfig, *, announce: Callable[[str], None
 
     position = {doc_id: row for row, doc_id in enumerate(pool_ids)}
     pairs = _contrastive_pairs(train_data, position) if labelled and objective != "distill" else []
-    dev = _DevSlice(dev_data, pool, pool_ids, tokenizer, config.query_prompt) if dev_data is not None else None
+    dev = _DevSlice(dev_data, pool, pool_ids, tokenizer, query_prompt) if dev_data is not None else None
 
     mark = time.perf_counter()
     trainer = _StaticTrainer(
@@ -155,8 +153,8 @@ def train_static_query(config: TrainingConfig, *, announce: Callable[[str], None
         learning_rate=config.static_query_learning_rate,
         seed=config.seed,
     )
-    distill_tokens = _tokenize(tokenizer, distill_texts, config.query_prompt) if objective != "contrastive" else []
-    pair_tokens = _tokenize(tokenizer, [text for text, _ in pairs], config.query_prompt)
+    distill_tokens = _tokenize(tokenizer, distill_texts, query_prompt) if objective != "contrastive" else []
+    pair_tokens = _tokenize(tokenizer, [text for text, _ in pairs], query_prompt)
     base_scores = dev.score(trainer.table(), step=0, epoch=0.0) if dev else None
     full_tower_scores = dev.score_vectors(teacher.encode_queries(dev.texts), step=0, epoch=0.0) if dev else None
     history: dict[str, list] = {"loss": [], "dev": []}
@@ -197,54 +195,40 @@ def train_static_query(config: TrainingConfig, *, announce: Callable[[str], None
 
     if base_scores is not None:
         verdict = judge(base_scores, checkpoints, threshold=config.min_improvement_standard_errors)
-        status = verdict.status
-        chosen = (
-            tables[verdict.chosen_step] if verdict.status == IMPROVED and verdict.chosen_step is not None else table
-        )
+        chosen_step = verdict.chosen_step if verdict.status == IMPROVED else None
+        chosen = tables[chosen_step] if chosen_step is not None else table
     else:
         verdict = None
-        status = NOT_CHECKED
         chosen = tables[max(tables)] if tables else table
 
     model = build_static_query_model(base, tokenizer, chosen, config)
     _clear_model_files(output)
-    model.save(str(output))
+    save_static_query_model(model, output)
     write_static_query_export(output, model)
     saved = DualEncoder(_encoder_config(config, model=str(output)))
-    fingerprint = saved.fingerprint
-    base_fingerprint = DualEncoder(_encoder_config(config)).fingerprint
-    if fingerprint.document_space != base_fingerprint.document_space:
+    base_fingerprint = teacher.fingerprint
+    if saved.fingerprint.document_space != base_fingerprint.document_space:
         raise RuntimeError(  # pragma: no cover - the document tower is the base model's; this guards that promise
             "The static-query model's document tower differs from the base model's; its documents would need "
             "re-indexing."
         )
-    latency = query_latency(EncoderConfig(model=config.base_model), saved.config, dev.texts if dev else distill_texts)
+    latency = query_latency(_encoder_config(config), saved.config, dev.texts if dev else distill_texts)
     timings["total_seconds"] = time.perf_counter() - started
 
-    guard = (
-        verdict.to_dict()
-        if verdict is not None
-        else {
-            "status": NOT_CHECKED,
-            "message": Verdict(NOT_CHECKED, None, config.min_improvement_standard_errors, {}).message(),
-        }
-    )
-    if status == NO_IMPROVEMENT:
-        guard["message"] = (
-            "No epoch beat the initialised static query tower on the dev slice by more than "
-            f"{config.min_improvement_standard_errors:g} standard errors; the initialised tower was saved."
-        )
-    report = {
-        "status": status,
-        "message": guard["message"],
-        "config": config.to_dict(),
-        "precision": precision,
-        "architecture": config.architecture,
-        "objective": objective,
-        "frozen": ["document tower"],
-        "interrupted": interrupted,
-        "saved_model": "initialised static tower" if status == NO_IMPROVEMENT else "trained",
-        "data": {
+    kept_initial = verdict is not None and verdict.status == NO_IMPROVEMENT
+    written = write_training_outputs(
+        output,
+        config=config,
+        verdict=verdict,
+        saved=saved,
+        base_fingerprint=base_fingerprint,
+        precision=precision,
+        frozen=["document tower"],
+        interrupted=interrupted,
+        saved_model="initialised static tower" if kept_initial else "trained",
+        # The saved model is a static-query model even when the guard kept the initialised table.
+        saved_architecture=config.architecture,
+        data={
             "training_pairs": len(train_data.pairs) if labelled else 0,
             "training_queries": len({p.query_id for p in train_data.pairs}) if labelled else 0,
             "documents": len(data.documents),
@@ -255,50 +239,32 @@ def train_static_query(config: TrainingConfig, *, announce: Callable[[str], None
             "hard_negatives_per_pair": 0,
             "notes": notes,
         },
-        "dev_corpus": dev.describe() if dev else None,
-        "steps": steps_per_epoch * len(history["loss"]),
-        "epochs_completed": len(history["loss"]),
-        "dev_before": verdict.base if verdict else None,
-        "dev_after": verdict.chosen if verdict else None,
-        "dev_full_query_tower": full_tower_scores.means() if full_tower_scores else None,
-        "guard": guard,
-        "history": history,
-        "query_encoding": latency,
-        "timings": timings,
-        "fingerprint": fingerprint.to_dict(),
-        "base_fingerprint": base_fingerprint.to_dict(),
-        "document_index_still_valid": True,
-        "machine": _machine(),
-    }
-    report_path = output / REPORT_FILE
-    report_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (output / FINGERPRINT_FILE).write_text(
-        json.dumps(
-            {
-                "fingerprint": fingerprint.to_dict(),
-                "encoder": saved.config.to_dict(),
-                "trained_from": config.base_model,
-                "architecture": config.architecture,
-                "training_status": status,
-                "document_index_still_valid_for_base_model": True,
-            },
-            indent=2,
-        )
-        + "\n",
-        encoding="utf-8",
+        dev_corpus=dev.describe() if dev else None,
+        steps=steps_per_epoch * len(history["loss"]),
+        epochs_completed=len(history["loss"]),
+        history=history,
+        timings=timings,
+        details={
+            "objective": objective,
+            "dev_full_query_tower": full_tower_scores.means() if full_tower_scores else None,
+            "query_encoding": latency,
+        },
+        message=(
+            "No epoch beat the initialised static query tower on the dev slice by more than "
+            f"{config.min_improvement_standard_errors:g} standard errors; the initialised tower was saved."
+            if kept_initial
+            else None
+        ),
     )
-    card = output / "README.md"
-    card.write_text(
-        (card.read_text(encoding="utf-8") if card.exists() else "") + guard_card_section(report), encoding="utf-8"
-    )
-    plot_path = plot_training_curves(report, output / "training_curves.png")
-    say(guard["message"])
+    say(written.report["message"])
     say(
         f"Query encoding p50: static tower {latency['static_p50_ms']:.3f} ms, "
         f"full tower {latency['full_p50_ms']:.3f} ms ({latency['speedup']:.0f}x), "
         f"side by side over {latency['queries']} queries."
     )
-    return TrainingResult(model_path=output, report=report, report_path=report_path, plot_path=plot_path)
+    return TrainingResult(
+        model_path=output, report=written.report, report_path=written.report_path, plot_path=written.plot_path
+    )
 
 
 # ------------------------------------------------------------------------------------------------ the model
@@ -307,8 +273,6 @@ def build_static_query_model(
 ) -> SentenceTransformer:
     """A Router model: ``query`` is a ``StaticEmbedding`` over ``table``, ``document`` the base model's modules
     (deep copies, unchanged), then the base model's trailing ``Normalize`` (shared)."""
-    import copy
-
     import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.base.modules import Normalize, Router
@@ -333,6 +297,47 @@ def build_static_query_model(
     model = SentenceTransformer(modules=[router, *shared], prompts=prompts, device="cpu")
     model.similarity_fn_name = base.similarity_fn_name
     return model
+
+
+def save_static_query_model(model: SentenceTransformer, output: Path) -> None:
+    """``model.save(output)``, with the token limit stated right.
+
+    sentence-transformers reads a Router's limit as the largest of its routes', and a ``StaticEmbedding`` reports an
+    infinite one (a mean has no position limit): saving would warn that the routes' limits differ and write
+    "inf tokens" into the model card, although the static tower's tokenizer truncates queries at the document
+    tower's limit. The warning is left out and the card states both limits.
+    """
+    from dual_encoder.encoder import DOCUMENT_ROUTE, QUERY_ROUTE, tower_modules
+    from dual_encoder.static_query import token_limit
+
+    router_logger = logging.getLogger("sentence_transformers.base.modules.router")
+    mixed_limits = _DropMessages("Different max_seq_lengths detected")
+    router_logger.addFilter(mixed_limits)
+    try:
+        model.save(str(output))
+    finally:
+        router_logger.removeFilter(mixed_limits)
+    card = output / "README.md"
+    if card.is_file():
+        document = token_limit(tower_modules(model, DOCUMENT_ROUTE)[0])
+        query = token_limit(tower_modules(model, QUERY_ROUTE)[0])
+        stated = f"{document} tokens for documents, {query} for queries (static tower: its tokenizer truncates)"
+        text = card.read_text(encoding="utf-8")
+        card.write_text(
+            text.replace("**Maximum Sequence Length:** inf tokens", f"**Maximum Sequence Length:** {stated}"),
+            encoding="utf-8",
+        )
+
+
+class _DropMessages(logging.Filter):
+    """Drops log records whose message starts with ``prefix``."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
 
 
 def initial_table(base: SentenceTransformer, how: str, tokenizer: Any) -> np.ndarray:
@@ -517,6 +522,10 @@ def _base_model(config: TrainingConfig) -> SentenceTransformer:
             f"static-query needs a base model that starts with a transformer; '{config.base_model}' starts with "
             f"{type(base[0]).__name__}."
         )
+    if config.max_seq_length is not None:
+        # The limit is the saved model's: its document tower's and its query tokenizer's (the shared base stays).
+        base = copy.deepcopy(base)
+        base.max_seq_length = config.max_seq_length
     return base
 
 
