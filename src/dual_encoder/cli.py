@@ -30,7 +30,7 @@ from dual_encoder.embedded.storage import DATABASE_FILE
 from dual_encoder.encoder import DualEncoder
 from dual_encoder.errors import DualEncoderError
 from dual_encoder.search import ENCODER_METADATA_KEY, index_documents, search
-from dual_encoder.sources import read_documents
+from dual_encoder.sources import forget_missing_files, read_documents
 from dual_encoder.stores import SearchResult, Store
 from dual_encoder.training.config import TrainingConfig
 
@@ -135,11 +135,20 @@ def index_command(
         ),
     ] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    keep_missing: Annotated[
+        bool,
+        typer.Option(
+            "--keep-missing",
+            help="Keep the passages of files deleted from the folder since it was last indexed (by default they "
+            "are removed from the store).",
+        ),
+    ] = False,
 ) -> None:
     """Split documents into passages, embed them with the document tower and add them to an embedded store.
 
     The model and passage settings are recorded in the store and used again on the next run unless given.
-    Unchanged passages are not encoded again; a changed document replaces all of its old passages.
+    Unchanged passages are not encoded again; a changed document replaces all of its old passages. Indexing a
+    folder again removes the passages of files deleted from it since (unless --keep-missing).
     """
     documents = read_documents(source)
     if not any(build_document_text(document, meta_field or (), "\n").strip() for document in documents):
@@ -170,6 +179,7 @@ def index_command(
     summary = index_documents(
         encoder, index, passages, meta_fields_to_embed=meta_field or (), progress_bar=progress, replace_sources=True
     )
+    missing = forget_missing_files(index, source, documents, keep=keep_missing)
     index.set_metadata(ENCODER_METADATA_KEY, config.to_dict())
     index.set_metadata(PASSAGES_METADATA_KEY, passage_settings)
     split_note = f" as {len(passages)} passages" if passage_settings["split"] else ""
@@ -179,6 +189,17 @@ def index_command(
         f"{time.perf_counter() - started:.1f} s: {summary.encoded} encoded, {summary.unchanged} unchanged, "
         f"{summary.without_text} without text{removed_note}. The store now holds {index.count()} documents."
     )
+    if missing and missing.removed:
+        console.print(
+            f"Removed {missing.passages} passages of {len(missing.files)} files no longer in '{source}': "
+            f"{missing.describe()}."
+        )
+    elif missing and missing.files:
+        console.print(
+            f"[yellow]note:[/yellow] {len(missing.files)} files indexed from '{source}' before are gone from it "
+            f"({missing.describe()}); --keep-missing kept their {missing.passages} passages. Index the folder "
+            f"again without it to remove them."
+        )
     if summary.without_text:
         console.print(
             f"[yellow]note:[/yellow] {summary.without_text} document(s) have no text (named in the warning above); "
@@ -368,11 +389,17 @@ def evaluate_command(
     ] = "vector",
     fusion: Annotated[
         str | None,
-        typer.Option(help="Hybrid only: weighted (normalised scores) or rrf (reciprocal ranks); default weighted."),
+        typer.Option(
+            help="Hybrid only: weighted (normalised scores) or rrf (reciprocal ranks); default: the model's recorded "
+            "fusion (hybrid_fusion.json), else weighted."
+        ),
     ] = None,
     weight: Annotated[
         float | None,
-        typer.Option(help="Hybrid only: the vector side's share, 0 (keyword only) to 1 (vector only); default 0.4."),
+        typer.Option(
+            help="Hybrid only: the vector side's share, 0 (keyword only) to 1 (vector only); default: the weight "
+            "recorded in the model folder (hybrid_fusion.json, see tune-fusion), else 0.4."
+        ),
     ] = None,
     candidates: Annotated[
         int | None,
@@ -455,7 +482,8 @@ def train_command(
     architecture: Annotated[
         str,
         typer.Option(
-            help="siamese | asymmetric | asymmetric-shared-projection | asymmetric-frozen-embeddings | light-query"
+            help="siamese | asymmetric | asymmetric-shared-projection | asymmetric-frozen-embeddings | light-query | "
+            "static-query"
         ),
     ] = "siamese",
     query_model: Annotated[
@@ -484,7 +512,38 @@ def train_command(
         float, typer.Option(help="Mined negatives score at most (1 - margin) x the positive's score (0: no margin).")
     ] = (_TRAINING_DEFAULTS.negative_relative_margin),
     query_layers: Annotated[int, typer.Option(help="light-query: layers the query tower keeps.")] = 3,
-    light_query_objective: Annotated[str, typer.Option(help="light-query: distill | contrastive | both.")] = "both",
+    light_query_objective: Annotated[
+        str, typer.Option(help="light-query and static-query: distill | contrastive | both.")
+    ] = "both",
+    static_query_init: Annotated[
+        str | None,
+        typer.Option(
+            help="static-query: how the token table starts: token-outputs (the document tower's output for each "
+            "vocabulary token) | token-embeddings (its input token embeddings). "
+            f"Default: {_TRAINING_DEFAULTS.static_query_init}."
+        ),
+    ] = None,
+    static_query_epochs: Annotated[
+        int | None,
+        typer.Option(
+            help="static-query: passes over the training texts; the transformer settings --epochs, --learning-rate, "
+            f"--batch-size and --max-steps do not apply to it. Default: {_TRAINING_DEFAULTS.static_query_epochs}.",
+            min=1,
+        ),
+    ] = None,
+    static_query_learning_rate: Annotated[
+        float | None,
+        typer.Option(
+            help="static-query: learning rate of the token table (above 0, below 10). "
+            f"Default: {_TRAINING_DEFAULTS.static_query_learning_rate:g}."
+        ),
+    ] = None,
+    static_query_batch_size: Annotated[
+        int | None,
+        typer.Option(
+            help=f"static-query: texts per step. Default: {_TRAINING_DEFAULTS.static_query_batch_size}.", min=1
+        ),
+    ] = None,
     split: Annotated[str, typer.Option(help="BEIR split to train on.")] = "train",
     dev_split: Annotated[
         str | None,
@@ -525,7 +584,8 @@ def train_command(
     seed: Annotated[int, typer.Option(help="Seed for the dev split, negatives, shuffling and initialisation.")] = 42,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
 ) -> None:
-    """Fine-tune a dual encoder (Siamese or asymmetric) and save it with a model card and a training report.
+    """Fine-tune a dual encoder (Siamese or asymmetric, or a static query tower) and save it with a model card and a
+    training report.
 
     The saved model is the best of the base model and every checkpoint on the dev slice. Exit status 0: a
     checkpoint beat the base and was saved; 3: none did, so the output folder holds the base model
@@ -537,6 +597,13 @@ def train_command(
         first, last = (int(part) for part in negative_ranks.split(":"))
     except ValueError:
         raise typer.BadParameter(f"--negative-ranks must look like 10:50, got {negative_ranks!r}.") from None
+    static_query_options = _static_query_options(
+        architecture,
+        static_query_init=static_query_init,
+        static_query_epochs=static_query_epochs,
+        static_query_learning_rate=static_query_learning_rate,
+        static_query_batch_size=static_query_batch_size,
+    )
     config = TrainingConfig(
         data=data,
         output=output,
@@ -552,6 +619,7 @@ def train_command(
         negative_rank_range=(first, last),
         query_layers=query_layers,
         light_query_objective=light_query_objective,
+        **static_query_options,
         split=split,
         dev_split=dev_split,
         dev_fraction=dev_fraction,
@@ -605,6 +673,83 @@ def train_command(
     if result.status == NO_IMPROVEMENT:
         console.print(f"[bold yellow]{report['message']}[/bold yellow]")
         raise typer.Exit(NO_IMPROVEMENT_EXIT_CODE)
+
+
+@app.command("tune-fusion")
+def tune_fusion_command(
+    model: Annotated[str, typer.Option("--model", "-m", help="The model folder to choose the fusion weight for.")],
+    data: Annotated[
+        Path,
+        typer.Option(help="The training data: a BEIR-layout folder (qrels/train.tsv) or a .jsonl of pairs."),
+    ],
+    split: Annotated[str, typer.Option(help="BEIR split the dev slice is held out of, as in train.")] = "train",
+    dev_split: Annotated[
+        str | None, typer.Option(help="BEIR split to use as the dev slice instead (as train's --dev-split).")
+    ] = None,
+    dev_fraction: Annotated[float, typer.Option(help="Share of the queries held out, as in train.")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Seed of the dev slice, as in train.")] = 42,
+    write: Annotated[
+        bool, typer.Option("--write/--no-write", help="Record the choice in the model folder (hybrid_fusion.json).")
+    ] = True,
+    backend: BackendOption = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+) -> None:
+    """Choose the hybrid fusion weight for a model on the dev slice train holds out, and record it in the model
+    folder, where hybrid search, the retrievers and evaluate --retrieval hybrid find it when no weight is given.
+
+    Dense and BM25 rank the whole corpus once; every weight from 0 to 1 (step 0.05) of weighted and RRF fusion is
+    scored by dev nDCG@10. A fusion that does not beat the stronger of dense and BM25 on dev is not chosen: the
+    recorded weight then returns that input's ranking (1: dense only).
+    """
+    from dual_encoder.fusion_tuning import model_folder
+    from dual_encoder.training.fusion_dev import tune_model_fusion
+
+    if not 0 < dev_fraction < 1 and dev_split is None:
+        raise typer.BadParameter(f"--dev-fraction must be between 0 and 1, got {dev_fraction}.")
+    folder = model_folder(model)
+    choice, path = tune_model_fusion(
+        model,
+        data,
+        split=split,
+        dev_split=dev_split,
+        dev_fraction=dev_fraction,
+        seed=seed,
+        encoder_options={"backend": backend} if backend else None,
+        write=write,
+        progress_bar=progress,
+    )
+    table = Table(title=f"{model}: dev nDCG@10 by fusion weight (the vector side's share)", title_justify="left")
+    table.add_column("weight", justify="right")
+    for method in choice.curve:
+        table.add_column(method, justify="right")
+    for weight in next(iter(choice.curve.values())):
+        table.add_row(weight, *(f"{points[weight]:.4f}" for points in choice.curve.values()))
+    console.print(table)
+    console.print(choice.message())
+    if path is not None:
+        console.print(f"Recorded in [bold]{path}[/bold]; hybrid search with this model uses it unless given a weight.")
+    elif folder is None:
+        console.print(
+            f"[yellow]note:[/yellow] '{model}' is not a model folder, so nothing was recorded; pass --weight "
+            f"{choice.weight:g} (fusion {choice.fusion}) to hybrid search yourself."
+        )
+    else:
+        console.print("Not recorded (--no-write).")
+
+
+def _static_query_options(architecture: str, **given: Any) -> dict[str, Any]:
+    """The ``static_query_*`` options given on the command line (``None``: not given, so TrainingConfig's default
+    applies); refused with another architecture, which would ignore them."""
+    options = {name: value for name, value in given.items() if value is not None}
+    if options and architecture != "static-query":
+        flags = ", ".join("--" + name.replace("_", "-") for name in options)
+        several = len(options) > 1
+        raise typer.BadParameter(
+            f"{flags} {'apply' if several else 'applies'} to --architecture static-query only, but --architecture is "
+            f"{architecture!r}, which would ignore {'them' if several else 'it'}. Add --architecture static-query, or "
+            f"leave {'them' if several else 'it'} out."
+        )
+    return options
 
 
 def _add_plugin_commands() -> None:

@@ -225,19 +225,21 @@ def evaluate_store(
         :data:`EVALUATION_DEPTH`; a hybrid ranking is the fused ``candidates`` from each side cut to ``candidates``
         documents, so its top 10 is exactly what a top-10 hybrid search with the same options returns (raise
         ``candidates`` for deeper recall).
-    :param fusion: ``"weighted"`` or ``"rrf"`` (hybrid only; ``None``: the default of :mod:`dual_encoder.hybrid`).
-    :param weight: The vector side's share, 0 to 1 (hybrid only; ``None``: the default).
+    :param fusion: ``"weighted"`` or ``"rrf"`` (hybrid only; ``None``: the one recorded with the model, else the
+        default of :mod:`dual_encoder.hybrid`).
+    :param weight: The vector side's share, 0 to 1 (hybrid only; ``None``: the weight recorded in the model folder's
+        ``hybrid_fusion.json``, else the default; see :func:`dual_encoder.fusion_tuning.resolve_fusion`).
     :param candidates: Documents per side before fusing (hybrid only; ``None``: the default).
-    :returns: The metrics, with ``retrieval`` and (hybrid) the ``fusion`` options used.
+    :returns: The metrics, with ``retrieval`` and (hybrid) the ``fusion`` options used; a note says where the
+        weight came from (given, the model's record or the default).
     :raises ConfigurationError: an unknown retrieval or fusion option, fusion options without hybrid retrieval.
     :raises KeywordSearchUnsupportedError: keyword or hybrid retrieval on a store without a keyword index
         (raised before anything is encoded).
     """
     from dual_encoder.documents import DocumentInput
+    from dual_encoder.fusion_tuning import resolve_fusion
     from dual_encoder.hybrid import (
         DEFAULT_CANDIDATES,
-        DEFAULT_FUSION,
-        DEFAULT_WEIGHT,
         hybrid_search,
         require_keyword_search,
         validate_hybrid,
@@ -246,10 +248,13 @@ def evaluate_store(
 
     method = resolve_retrieval(retrieval)
     fusion_options: dict[str, Any] | None = None
+    setting = None
     if method == "hybrid":
+        # No weight given: the one recorded with the model (hybrid_fusion.json), else the library default.
+        setting = resolve_fusion(encoder.config.model, fusion, weight)
         fusion_options = {
-            "fusion": DEFAULT_FUSION if fusion is None else fusion,
-            "weight": DEFAULT_WEIGHT if weight is None else weight,
+            "fusion": setting.fusion,
+            "weight": setting.weight,
             "candidates": DEFAULT_CANDIDATES if candidates is None else candidates,
         }
         validate_hybrid(1, None, fusion_options["fusion"], fusion_options["weight"], fusion_options["candidates"], None)
@@ -302,6 +307,8 @@ def evaluate_store(
             )
             run[query_id] = {hit.record.id: hit.score for hit in fused.hits}
     notes.append(f"search: {', '.join(sorted(methods)) or 'none'} ({store.location})")
+    if setting is not None:
+        notes.append(f"fusion: {setting.describe()}")
     return EvaluationReport(
         dataset=str(folder),
         split=split,

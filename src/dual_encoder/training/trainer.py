@@ -11,7 +11,9 @@ Alongside the model:
 - ``README.md``: the model card sentence-transformers writes, plus the guard's before/after table;
 - ``dual_encoder.json``: the encoder fingerprint (document space and query tower) and how it was trained;
 - ``training_report.json`` and ``training_curves.png``: the plan, loss and dev metrics over the run, and the
-  guard's verdict for every checkpoint.
+  guard's verdict for every checkpoint;
+- ``hybrid_fusion.json`` (with a dev slice): the hybrid fusion weight chosen for the saved model on the dev
+  slice (:mod:`dual_encoder.training.fusion_dev`), which hybrid search uses when no weight is given.
 
 Example::
 
@@ -23,11 +25,8 @@ Example::
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import platform
 import random
 import re
 import shutil
@@ -63,14 +62,11 @@ from dual_encoder.training.guard import (
 )
 from dual_encoder.training.hard_negatives import Rankings, pick_negatives, rank_documents
 from dual_encoder.training.losses import build_distillation_loss, build_loss, uses_in_batch_negatives
-from dual_encoder.training.report import guard_card_section, plot_training_curves
+from dual_encoder.training.report import REPORT_FILE, write_training_outputs
 from dual_encoder.training.sampling import QueryAwareSamplerFactory
 
 logger = logging.getLogger(__name__)
 
-FINGERPRINT_FILE = "dual_encoder.json"
-REPORT_FILE = "training_report.json"
-PLOT_FILE = "training_curves.png"
 CHECKPOINTS_FOLDER = "checkpoints"
 #: ``dual-encoder train`` exits with this status when the guard kept the base model (``no_improvement``).
 NO_IMPROVEMENT_EXIT_CODE = 3
@@ -214,29 +210,30 @@ def train(config: TrainingConfig | dict[str, Any], *, announce: Callable[[str], 
         raise RuntimeError(  # pragma: no cover - the document tower is frozen; this guards that promise
             "The light-query model's document tower changed during training; its documents would need re-indexing."
         )
+    fusion_choice = None
+    if dev_data is not None:
+        # The fusion weight fits the saved model, so it is chosen now, on the same dev slice as the guard.
+        from dual_encoder.training.fusion_dev import tune_trained_model_fusion
+
+        mark = time.perf_counter()
+        fusion_choice = tune_trained_model_fusion(config, saved, dev_data, rankings, announce=say)
+        timings["fusion_tuning_seconds"] = time.perf_counter() - mark
     timings["evaluation_seconds"] = evaluator.seconds if evaluator else 0.0
     timings["total_seconds"] = time.perf_counter() - started
     plan["measured_seconds_per_step"] = clock.seconds_per_step
     plan["estimated_training_seconds"] = clock.estimated_seconds
-    guard = (
-        verdict.to_dict()
-        if verdict is not None
-        else {
-            "status": NOT_CHECKED,
-            "message": Verdict(NOT_CHECKED, None, config.min_improvement_standard_errors, {}).message(),
-        }
-    )
-    report = {
-        "status": status,
-        "message": guard["message"],
-        "config": config.to_dict(),
-        "precision": precision,
-        "architecture": config.architecture,
-        "frozen": built.frozen,
-        "interrupted": interrupted,
-        "saved_model": "base" if keep_base else "trained",
-        "plan": plan,
-        "data": {
+    written = write_training_outputs(
+        output,
+        config=config,
+        verdict=verdict,
+        saved=saved,
+        base_fingerprint=base_fingerprint,
+        precision=precision,
+        frozen=built.frozen,
+        interrupted=interrupted,
+        saved_model="base" if keep_base else "trained",
+        saved_architecture=config.architecture if not keep_base else "base model (training did not improve it)",
+        data={
             "training_pairs": len(train_data.pairs),
             "training_queries": len({p.query_id for p in train_data.pairs}),
             "documents": len(data.documents),
@@ -245,44 +242,21 @@ def train(config: TrainingConfig | dict[str, Any], *, announce: Callable[[str], 
             "hard_negatives_per_pair": config.hard_negatives,
             "notes": notes,
         },
-        "dev_corpus": dev_corpus,
-        "steps": trainer.state.global_step,
-        "epochs_completed": trainer.state.epoch,
-        "best_checkpoint": trainer.state.best_model_checkpoint,
-        "dev_before": verdict.base if verdict else None,
-        "dev_after": verdict.chosen if verdict else None,
-        "guard": guard,
-        "history": _history(trainer.state.log_history, verdict),
-        "timings": timings,
-        "fingerprint": fingerprint.to_dict(),
-        "base_fingerprint": base_fingerprint.to_dict(),
-        "document_index_still_valid": fingerprint.document_space == base_fingerprint.document_space,
-        "machine": _machine(),
-    }
-    report_path = output / REPORT_FILE
-    report_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (output / FINGERPRINT_FILE).write_text(
-        json.dumps(
-            {
-                "fingerprint": fingerprint.to_dict(),
-                "encoder": saved.config.to_dict(),
-                "trained_from": config.base_model,
-                "architecture": config.architecture if not keep_base else "base model (training did not improve it)",
-                "training_status": status,
-                "document_index_still_valid_for_base_model": report["document_index_still_valid"],
-            },
-            indent=2,
-        )
-        + "\n",
-        encoding="utf-8",
+        dev_corpus=dev_corpus,
+        steps=trainer.state.global_step,
+        epochs_completed=trainer.state.epoch,
+        history=_history(trainer.state.log_history, verdict),
+        timings=timings,
+        details={
+            "plan": plan,
+            "best_checkpoint": trainer.state.best_model_checkpoint,
+            "hybrid_fusion": fusion_choice.to_dict() if fusion_choice is not None else None,
+        },
     )
-    card = output / "README.md"
-    card.write_text(
-        (card.read_text(encoding="utf-8") if card.exists() else "") + guard_card_section(report), encoding="utf-8"
+    say(written.report["message"])
+    return TrainingResult(
+        model_path=output, report=written.report, report_path=written.report_path, plot_path=written.plot_path
     )
-    plot_path = plot_training_curves(report, output / PLOT_FILE)
-    say(guard["message"])
-    return TrainingResult(model_path=output, report=report, report_path=report_path, plot_path=plot_path)
 
 
 def resolve_precision(precision: str) -> str:
@@ -769,15 +743,3 @@ def _history(log_history: list[dict[str, Any]], verdict: Verdict | None) -> dict
         if "loss" in entry
     ]
     return {"loss": losses, "dev": list(verdict.checkpoints) if verdict is not None else []}
-
-
-def _machine() -> dict[str, Any]:
-    import torch
-
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-    }
