@@ -37,7 +37,6 @@ from uuid import UUID
 
 import numpy as np
 
-from dual_encoder.config import validate_top_k
 from dual_encoder.errors import ConfigurationError, DualEncoderError, InvalidDocumentError
 from dual_encoder.filters import compile_filter
 from dual_encoder.fingerprint import EMBEDDED_INPUT_META_KEY, StoredSpace
@@ -172,6 +171,8 @@ class WeaviateStore(Store):
     """
 
     supports_keyword_search = True
+    supports_tenants = True
+    supports_native_hybrid_search = True
 
     def __init__(
         self,
@@ -227,6 +228,10 @@ class WeaviateStore(Store):
         self._resolved_grpc_port: int | None = None
         self._node = 0  # index of the endpoint in use; advances when a node goes away
         self._config: Any = None  # the collection's config once read: reconnecting then needs no schema read
+        self._tenant_views: dict[str, WeaviateStore] = {}  # with_tenant's stores, kept so each connects once
+        # A multi-tenant collection opened without a tenant: its configuration and tenants can be managed, but
+        # every read and write of documents is refused (they would need a tenant).
+        self._tenant_required = False
 
     @property
     def location(self) -> str:  # type: ignore[override]
@@ -235,7 +240,20 @@ class WeaviateStore(Store):
 
     def with_tenant(self, tenant: str) -> WeaviateStore:
         """A store with the same settings bound to ``tenant`` of the same (multi-tenant) collection; it opens its
-        own connection on first use."""
+        own connection on first use. Asking again for the same tenant returns the same store (so a tenant given
+        per query or per write connects once); this store itself for its own tenant. :meth:`close` closes them.
+
+        :raises ConfigurationError: a tenant name Weaviate would refuse (letters, digits, ``_`` and ``-``).
+        """
+        if tenant == self.tenant:
+            return self
+        with self._connect_lock:
+            view = self._tenant_views.get(tenant)
+            if view is None:
+                view = self._tenant_views[tenant] = self._bound_to(tenant)
+            return view
+
+    def _bound_to(self, tenant: str) -> WeaviateStore:
         return WeaviateStore(
             url=self.url,
             collection=self.collection_name,
@@ -252,14 +270,30 @@ class WeaviateStore(Store):
         )
 
     def tenants(self) -> list[str]:
-        """The names of the collection's tenants (empty when it is not multi-tenant)."""
+        """The names of the collection's tenants (empty when it is not multi-tenant). Works on a store bound to no
+        tenant too."""
         base = self._call("read the configuration", "config.get")
         if not base.multi_tenancy_config.enabled:
             return []
         return sorted(self._call("list tenants", self._base_collection().tenants.get))
 
+    def create_tenant(self, tenant: str) -> None:
+        """Create ``tenant`` (an existing one is left as it is): the way to add tenants to a collection created with
+        ``auto_create_tenants=False``, whose writes to a missing tenant are refused. Works on a store bound to no
+        tenant too.
+
+        :raises ConfigurationError: a name Weaviate would refuse (letters, digits, ``_`` and ``-``).
+        """
+        if not isinstance(tenant, str) or not _TENANT_NAME.match(tenant):
+            raise ConfigurationError(
+                f"tenant must be a name of letters, digits, '_' and '-' (at most 64), got {tenant!r}."
+            )
+        if tenant not in self.tenants():
+            self._call(f"create tenant '{tenant}'", self._base_collection().tenants.create, [tenant])
+
     def delete_tenant(self, tenant: str) -> None:
-        """Delete ``tenant`` and every document it holds (other tenants are untouched)."""
+        """Delete ``tenant`` and every document it holds (other tenants are untouched). Works on a store bound to
+        no tenant too."""
         self._call(f"delete tenant '{tenant}'", self._base_collection().tenants.remove, [tenant])
 
     def _base_collection(self) -> Any:
@@ -400,12 +434,7 @@ class WeaviateStore(Store):
             ) from error
         check_collection_similarity(config, self.similarity, self.collection_name)
         multi_tenant = bool(getattr(config.multi_tenancy_config, "enabled", False))
-        if multi_tenant and not self.tenant:
-            client.close()
-            raise TenantNotFoundError(
-                f"Weaviate collection '{self.collection_name}' is multi-tenant: every read and write names a tenant. "
-                f"Pass tenant=... (or use store.with_tenant(name))."
-            )
+        self._tenant_required = multi_tenant and not self.tenant
         if self.tenant and not multi_tenant:
             client.close()
             raise TenantNotFoundError(
@@ -449,9 +478,12 @@ class WeaviateStore(Store):
         return self._property_types or {}
 
     def close(self) -> None:
-        """Close the connection; the next call connects again."""
+        """Close the connection, and those of the stores :meth:`with_tenant` gave; the next call connects again."""
         with self._connect_lock:
             client, self._client, self._collection = self._client, None, None
+            views = list(self._tenant_views.values())
+        for view in views:
+            view.close()
         if client is not None:
             client.close()
 
@@ -477,6 +509,8 @@ class WeaviateStore(Store):
             used = self._client
             if isinstance(function, str):
                 target = self.collection
+                if self._tenant_required and not function.startswith("config."):
+                    raise self._tenant_required_error()
                 for part in function.split("."):
                     target = getattr(target, part)
                 used = self._client
@@ -510,6 +544,13 @@ class WeaviateStore(Store):
                 _FAIL_FAST.reset(token)
         raise AssertionError("unreachable")
 
+    def _tenant_required_error(self) -> TenantNotFoundError:
+        return TenantNotFoundError(
+            f"Weaviate collection '{self.collection_name}' is multi-tenant: every read and write of documents names "
+            f"a tenant. Pass tenant=... to the store, or per query and per write (the retrievers' and "
+            f"DualEncoderDocumentWriter's tenant, the LangChain methods' tenant=), or use store.with_tenant(name)."
+        )
+
     def _request_error(self, what: str, error: BaseException) -> DualEncoderError:
         text = str(error)
         lowered = text.lower()
@@ -523,7 +564,8 @@ class WeaviateStore(Store):
         if "tenant" in lowered and any(marker in lowered for marker in _TENANT_MARKERS):
             return TenantNotFoundError(
                 f"{self.location} has no tenant '{self.tenant}' (Weaviate: {text}). Write to it first (tenants are "
-                f"created on first write when auto_create_tenants is on), or create it, or check the name."
+                f"created on first write when auto_create_tenants is on), or create it (store.create_tenant(name)), "
+                f"or check the name."
             )
         return WeaviateRequestError(f"Weaviate refused to {what} in {self.location}: {type(error).__name__}: {text}")
 
@@ -589,6 +631,8 @@ class WeaviateStore(Store):
         try:
             result = self._call("read stored vectors", "query.fetch_objects", limit=20, include_vector=True)
         except TenantNotFoundError:
+            if self._tenant_required:
+                raise
             return None  # a tenant not created yet holds nothing
         for item in result.objects:
             record = self._to_record(item)
@@ -623,19 +667,16 @@ class WeaviateStore(Store):
         for start in range(0, len(ids), ID_CHUNK):
             chunk = ids[start : start + ID_CHUNK]
             try:
-                result = self._call(
+                items = self._read_objects(
                     "read documents by id",
-                    "query.fetch_objects",
                     filters=Filter.by_id().contains_any([generate_uuid5(i) for i in chunk]),
                     limit=len(chunk),
-                    include_vector=True,
-                    return_properties=self._return_properties(),
                 )
             except TenantNotFoundError:
-                if self.settings.auto_create_tenants:
+                if self.settings.auto_create_tenants and not self._tenant_required:
                     return found  # the write creates the tenant; until then it holds nothing
                 raise
-            for item in result.objects:
+            for item in items:
                 record = self._to_record(item)
                 found[record.id] = record
         return found
@@ -701,6 +742,9 @@ class WeaviateStore(Store):
             # next write (when auto_create_tenants is on).
             self.delete_tenant(self.tenant)
             return
+        self.collection  # noqa: B018 - connects, so a multi-tenant collection is known before anything is dropped
+        if self._tenant_required:
+            raise self._tenant_required_error()  # dropping the collection would drop every tenant
         config = self._call("read the collection's configuration", "config.get")
         client = self.client
         self._space = None
@@ -726,15 +770,8 @@ class WeaviateStore(Store):
             if total == 0:
                 return []
             if total <= QUERY_MAXIMUM_RESULTS:
-                result = self._call(
-                    "list documents",
-                    "query.fetch_objects",
-                    filters=self._where(filters),
-                    limit=total,
-                    include_vector=True,
-                    return_properties=self._return_properties(),
-                )
-                return [self._to_record(item) for item in result.objects]
+                items = self._read_objects("list documents", filters=self._where(filters), limit=total)
+                return [self._to_record(item) for item in items]
             # Weaviate returns at most QUERY_MAXIMUM_RESULTS per filtered query and its cursor takes no filter:
             # page through everything and apply the same filter semantics here.
             matches = compile_filter(filters)
@@ -746,18 +783,18 @@ class WeaviateStore(Store):
         records: list[StoredRecord] = []
         after = None
         while True:
-            page = self._call(
-                "list documents",
-                "query.fetch_objects",
-                limit=PAGE_SIZE,
-                after=after,
-                include_vector=True,
-                return_properties=self._return_properties(),
-            ).objects
+            page = self._read_objects("list documents", limit=PAGE_SIZE, after=after)
             records.extend(self._to_record(item) for item in page)
             if len(page) < PAGE_SIZE:
                 return records
             after = page[-1].uuid
+
+    def _read_objects(self, what: str, **options: Any) -> list[Any]:
+        """The stored objects ``query.fetch_objects`` returns for ``options`` (a filter, a limit, a cursor), with
+        their vectors and every property (the client leaves blob properties out unless they are named)."""
+        return self._call(
+            what, "query.fetch_objects", include_vector=True, return_properties=self._return_properties(), **options
+        ).objects
 
     def _vector_search(
         self, vector: np.ndarray, top_k: int, filters: Mapping[str, Any] | None, exact: bool | None
@@ -797,11 +834,21 @@ class WeaviateStore(Store):
         return SearchResult(hits=[SearchHit(record=records[i], score=float(scores[i])) for i in order], method="exact")
 
     def _keyword_search(self, text: str, top_k: int, filters: Mapping[str, Any] | None) -> SearchResult:
+        return SearchResult(
+            hits=self._text_search("search by keyword", "query.bm25", text, top_k, filters), method="keyword"
+        )
+
+    def _text_search(
+        self, what: str, path: str, text: str, top_k: int, filters: Mapping[str, Any] | None, **options: Any
+    ) -> list[SearchHit]:
+        """One search of ``content`` for ``text`` through the query method at ``path`` (``query.bm25``, or
+        ``query.hybrid`` with its vector, alpha and fusion in ``options``): the hits best first, each scored by
+        Weaviate itself (BM25 or fused score, not a similarity)."""
         from weaviate.classes.query import MetadataQuery
 
         result = self._call(
-            "search by keyword",
-            "query.bm25",
+            what,
+            path,
             query=text,
             query_properties=[CONTENT_PROPERTY],
             limit=top_k,
@@ -809,11 +856,11 @@ class WeaviateStore(Store):
             filters=self._where(filters),
             return_metadata=MetadataQuery(score=True),
             return_properties=self._return_properties(),
+            **options,
         )
-        hits = [
+        return [
             SearchHit(record=self._to_record(item), score=float(item.metadata.score or 0.0)) for item in result.objects
         ]
-        return SearchResult(hits=hits, method="keyword")
 
     # ------------------------------------------------------------------------------------ hybrid search
     def hybrid_search(
@@ -826,42 +873,32 @@ class WeaviateStore(Store):
         alpha: float = 0.7,
     ) -> SearchResult:
         """Weaviate's hybrid search: BM25 on ``content`` fused with vector search (``alpha`` 1.0 = vector only,
-        0.0 = BM25 only). Scores are Weaviate's fused scores, not similarities; ``method`` is ``"approximate"``.
+        0.0 = BM25 only) by relativeScoreFusion. Scores are Weaviate's fused scores, not similarities; ``method`` is
+        ``"approximate"``. :meth:`native_hybrid_search` (the store contract's) also chooses the fusion.
         """
-        from weaviate.classes.query import MetadataQuery
-
-        validate_top_k(top_k)
-        compile_filter(filters)
-        if not 0.0 <= float(alpha) <= 1.0:
+        if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0.0 <= alpha <= 1.0:
             raise ConfigurationError(f"alpha must be between 0.0 (BM25 only) and 1.0 (vector only), got {alpha}.")
-        query = np.asarray(vector, dtype=np.float32)
-        dimension = self._recorded_space().dimension
-        if dimension is None:
-            return SearchResult(hits=[], method="approximate")
-        if query.ndim != 1 or query.shape[0] != dimension:
-            from dual_encoder.errors import DimensionMismatchError
+        result = self.native_hybrid_search(text, vector, top_k=top_k, filters=filters, weight=alpha, fusion="weighted")
+        return SearchResult(hits=result.hits, method="approximate")
 
-            raise DimensionMismatchError(
-                f"The query embedding has shape {query.shape} but {self.location} holds {dimension}-d embeddings. "
-                f"Query with the encoder the documents were embedded with."
-            )
-        result = self._call(
+    def _native_hybrid_search(
+        self, text: str, vector: np.ndarray, top_k: int, filters: Mapping[str, Any] | None, weight: float, fusion: str
+    ) -> SearchResult:
+        """One ``query.hybrid`` request: ``"weighted"`` is Weaviate's relativeScoreFusion, ``"rrf"`` its
+        rankedFusion (reciprocal ranks with Weaviate's own constant)."""
+        from weaviate.classes.query import HybridFusion
+
+        hits = self._text_search(
             "run a hybrid search",
             "query.hybrid",
-            query=text,
-            vector=query.tolist(),
-            alpha=float(alpha),
-            query_properties=[CONTENT_PROPERTY],
-            limit=top_k,
-            include_vector=True,
-            filters=self._where(filters),
-            return_metadata=MetadataQuery(score=True),
-            return_properties=self._return_properties(),
+            text,
+            top_k,
+            filters,
+            vector=vector.tolist(),
+            alpha=weight,
+            fusion_type=HybridFusion.RELATIVE_SCORE if fusion == "weighted" else HybridFusion.RANKED,
         )
-        hits = [
-            SearchHit(record=self._to_record(item), score=float(item.metadata.score or 0.0)) for item in result.objects
-        ]
-        return SearchResult(hits=hits, method="approximate")
+        return SearchResult(hits=hits, method="hybrid")
 
     async def hybrid_search_async(
         self,

@@ -68,6 +68,14 @@ class KeywordSearchUnsupportedError(DualEncoderError, NotImplementedError):
     """The store has no keyword (BM25) index."""
 
 
+class NativeHybridUnsupportedError(ConfigurationError):
+    """A native hybrid search was asked of a store without one (see :attr:`Store.supports_native_hybrid_search`)."""
+
+
+class TenantsUnsupportedError(ConfigurationError):
+    """A tenant was named for a store that keeps no tenants (see :attr:`Store.supports_tenants`)."""
+
+
 class StoreClosedError(DualEncoderError, RuntimeError):
     """A framework-facing store (a Haystack document store, a LangChain vector store) was used after ``close()``."""
 
@@ -157,6 +165,11 @@ class Store(ABC):
     location: str = "the document store"
     #: Whether :meth:`keyword_search` is available.
     supports_keyword_search: bool = False
+    #: Whether :meth:`with_tenant` is available: the store keeps the documents of each tenant apart.
+    supports_tenants: bool = False
+    #: Whether :meth:`native_hybrid_search` is available: the store's own engine fuses its keyword and vector
+    #: searches in one request.
+    supports_native_hybrid_search: bool = False
 
     # ------------------------------------------------------------------------------------ primitives
     @abstractmethod
@@ -199,6 +212,13 @@ class Store(ABC):
     ) -> SearchResult:
         """The ``top_k`` best records for a validated float32 query vector of the recorded dimension."""
 
+    def _native_hybrid_search(
+        self, text: str, vector: np.ndarray, top_k: int, filters: Mapping[str, Any] | None, weight: float, fusion: str
+    ) -> SearchResult:
+        """Optional primitive of :meth:`native_hybrid_search` (arguments validated, ``vector`` of the recorded
+        dimension), for stores with :attr:`supports_native_hybrid_search`."""
+        raise NativeHybridUnsupportedError(_no_native_hybrid(self))
+
     def _keyword_search(self, text: str, top_k: int, filters: Mapping[str, Any] | None) -> SearchResult:
         raise KeywordSearchUnsupportedError(
             f"{self.location} has no keyword index; use vector search, or a store with keyword search."
@@ -218,6 +238,19 @@ class Store(ABC):
     async def close_async(self) -> None:
         """:meth:`close` without blocking the event loop."""
         await asyncio.to_thread(self.close)
+
+    def with_tenant(self, tenant: str) -> Store:
+        """This store bound to ``tenant``: every read, write and search of the returned store sees only that
+        tenant's documents. Optional (stores with :attr:`supports_tenants`); it must not connect, so a bad
+        tenant name fails here and a missing tenant at its first use. Asking again for the same tenant may
+        return the same object.
+
+        :raises TenantsUnsupportedError: the store keeps no tenants.
+        """
+        raise TenantsUnsupportedError(
+            f"{self.location} keeps no tenants, so it cannot keep tenant {tenant!r}'s documents apart. Drop the "
+            f"tenant, or use a store with tenants (one whose supports_tenants is true, set up for multi-tenancy)."
+        )
 
     # --------------------------------------------------------------------------- the embedding space
     def embedding_space(self) -> StoredSpace:
@@ -260,17 +293,54 @@ class Store(ABC):
         :raises DimensionMismatchError: the vector's dimension differs from the stored embeddings'.
         """
         validate_search(top_k, filters)
-        filters = filters or None
+        query = self._query_vector(vector)
+        if query is None:
+            return SearchResult(hits=[], method="exact")
+        return self._vector_search(query, top_k, filters or None, exact)
+
+    def native_hybrid_search(
+        self,
+        text: str,
+        vector: np.ndarray | Sequence[float],
+        *,
+        top_k: int = 10,
+        filters: Mapping[str, Any] | None = None,
+        weight: float,
+        fusion: str,
+    ) -> SearchResult:
+        """The store's own hybrid search: its keyword search for ``text`` and its vector search for ``vector``,
+        fused by its engine in one request. Optional (stores with :attr:`supports_native_hybrid_search`).
+
+        :param weight: The vector side's share, from 0 (keyword only) to 1 (vector only).
+        :param fusion: ``"weighted"`` (each side's scores normalised to [0, 1], then weighted) or ``"rrf"``
+            (weighted reciprocal ranks), as in :mod:`dual_encoder.fusion`; the store's engine computes them.
+        :returns: The ``top_k`` best records with the store's fused scores, ``method`` ``"hybrid"``.
+        :raises NativeHybridUnsupportedError: the store has none (fuse with ``dual_encoder.hybrid`` instead).
+        :raises DimensionMismatchError: the vector's dimension differs from the stored embeddings'.
+        """
+        from dual_encoder.fusion import validate_fusion  # the fusion module builds on this one
+
+        validate_search(top_k, filters)
+        validate_fusion(fusion, weight)
+        if not self.supports_native_hybrid_search:
+            raise NativeHybridUnsupportedError(_no_native_hybrid(self))
+        query = self._query_vector(vector)
+        if query is None:
+            return SearchResult(hits=[], method="hybrid")
+        return self._native_hybrid_search(text, query, top_k, filters or None, float(weight), fusion)
+
+    def _query_vector(self, vector: np.ndarray | Sequence[float]) -> np.ndarray | None:
+        """``vector`` as float32, checked against the recorded dimension; ``None`` while nothing is embedded."""
         query = _as_vector(vector, what="The query embedding")
         dimension = self._recorded_space().dimension
         if dimension is None:
-            return SearchResult(hits=[], method="exact")
+            return None
         if query.shape[0] != dimension:
             raise DimensionMismatchError(
                 f"The query embedding has {query.shape[0]} dimensions but {self.location} holds {dimension}-d "
                 f"embeddings. Query with the encoder the documents were embedded with."
             )
-        return self._vector_search(query, top_k, filters, exact)
+        return query
 
     def keyword_search(self, text: str, *, top_k: int = 10, filters: Mapping[str, Any] | None = None) -> SearchResult:
         validate_top_k(top_k)
@@ -392,6 +462,20 @@ class Store(ABC):
     ) -> SearchResult:
         return await asyncio.to_thread(self.vector_search, vector, top_k=top_k, filters=filters, exact=exact)
 
+    async def native_hybrid_search_async(
+        self,
+        text: str,
+        vector: np.ndarray | Sequence[float],
+        *,
+        top_k: int = 10,
+        filters: Mapping[str, Any] | None = None,
+        weight: float,
+        fusion: str,
+    ) -> SearchResult:
+        return await asyncio.to_thread(
+            self.native_hybrid_search, text, vector, top_k=top_k, filters=filters, weight=weight, fusion=fusion
+        )
+
     async def keyword_search_async(
         self, text: str, *, top_k: int = 10, filters: Mapping[str, Any] | None = None
     ) -> SearchResult:
@@ -438,7 +522,29 @@ def validate_search(top_k: int, filters: Mapping[str, Any] | None) -> None:
     _validated_filters(filters)
 
 
+def scoped_to_tenant(store: Store, tenant: str | None) -> Store:
+    """``store`` itself when ``tenant`` is ``None``, else ``store.with_tenant(tenant)`` (without connecting).
+
+    Adapters call this for a per-call or per-run tenant, so every store answers the same way.
+
+    :raises TenantsUnsupportedError: a tenant for a store that keeps no tenants.
+    :raises ConfigurationError: a tenant that is not a non-empty string (stores may refuse other names too).
+    """
+    if tenant is None:
+        return store
+    if not isinstance(tenant, str) or not tenant:
+        raise ConfigurationError(f"A tenant is a non-empty name (or None for no tenant), got {tenant!r}.")
+    return store.with_tenant(tenant)
+
+
 # ------------------------------------------------------------------------------------------ helpers
+def _no_native_hybrid(store: Store) -> str:
+    return (
+        f"{store.location} has no native hybrid search. Fuse its keyword and vector searches instead "
+        f"(dual_encoder.hybrid.hybrid_search), or use a store whose supports_native_hybrid_search is true."
+    )
+
+
 def _validated_filters(filters: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
     compile_filter(filters)  # raises FilterError naming the problem
     return filters or None

@@ -9,12 +9,14 @@ from typing import Any
 from haystack import Document, component, default_from_dict, default_to_dict
 from haystack.components.retrievers.types import EmbeddingRetriever
 from haystack.core.serialization import component_to_dict
+from haystack_integrations.components.retrievers.dual_encoder.store_embedding_retriever import StoreEmbeddingRetriever
 from haystack_integrations.document_stores.dual_encoder.contract_adapter import ContractDocumentStore, haystack_errors
 
 from dual_encoder.config import EncoderConfig, validate_top_k
 from dual_encoder.encoder import DualEncoder
+from dual_encoder.errors import ConfigurationError
 from dual_encoder.fingerprint import DOCUMENT_SPACE_META_KEY
-from dual_encoder.stores import validate_search, verify_hits
+from dual_encoder.stores import Store, validate_search, verify_hits
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +44,8 @@ class DualEncoderRetriever:
         ``StoreEmbeddingRetriever`` or ``InMemoryEmbeddingRetriever``.
     :param encoder: The encoder definition the documents were embedded with (config, dict or model name).
     :param top_k: Default number of documents; ``None`` uses the inner retriever's default.
+    :param tenant: The tenant to search (``run(tenant=...)`` overrides it per query); needs a
+        ``StoreEmbeddingRetriever`` inside over a store with tenants. ``None``: the inner retriever's own tenant.
     """
 
     def __init__(
@@ -49,12 +53,16 @@ class DualEncoderRetriever:
         retriever: EmbeddingRetriever,
         encoder: EncoderConfig | dict[str, Any] | str = "all-MiniLM-L6-v2",
         top_k: int | None = None,
+        tenant: str | None = None,
     ) -> None:
         if top_k is not None:
             validate_top_k(top_k)
         self.retriever = retriever
         self.encoder_config = EncoderConfig.coerce(encoder)
         self.top_k = top_k
+        self.tenant = tenant
+        if tenant is not None:
+            self._tenant_store(tenant)  # a retriever or store without tenants refuses one now, not at run time
         self.encoder = DualEncoder(self.encoder_config)
         self._warned_unverified = False
 
@@ -84,6 +92,7 @@ class DualEncoderRetriever:
             retriever=component_to_dict(obj=self.retriever, name="retriever"),
             encoder=self.encoder_config.to_dict(),
             top_k=self.top_k,
+            tenant=self.tenant,
         )
 
     @classmethod
@@ -92,52 +101,88 @@ class DualEncoderRetriever:
 
     @component.output_types(documents=list[Document])
     def run(
-        self, query: str, filters: dict[str, Any] | None = None, top_k: int | None = None
+        self,
+        query: str,
+        filters: dict[str, Any] | None = None,
+        top_k: int | None = None,
+        tenant: str | None = None,
     ) -> dict[str, list[Document]]:
         """Retrieve the documents closest to ``query``.
 
         :param query: The question; empty or whitespace-only queries are refused.
         :param filters: Haystack-syntax metadata filters, validated before anything runs.
         :param top_k: Number of documents; defaults to ``top_k`` from init, then the inner retriever's.
+        :param tenant: Search this tenant's documents only; defaults to ``tenant`` from init, then the inner
+            retriever's.
         :returns: ``documents``: best first, each with ``score``.
-        :raises ValueError: Empty query, ``top_k`` < 1, or an encoder/dimension mismatch with the store.
+        :raises ValueError: Empty query, ``top_k`` < 1, an encoder/dimension mismatch with the store, or a tenant
+            for a store (or inner retriever) without tenants.
         :raises FilterError: Malformed filters or unknown operators.
         """
-        top_k = self._prepare(filters, top_k)
+        top_k, tenant = self._prepare(filters, top_k, tenant)
         query_embedding = self.encoder.encode_query(query).tolist()
-        arguments: dict[str, Any] = {"query_embedding": query_embedding, "filters": filters}
-        if top_k is not None:
-            arguments["top_k"] = top_k
+        arguments = self._arguments(query_embedding, filters, top_k, tenant)
         documents = self.retriever.run(**arguments)["documents"]
         return {"documents": self._verified(documents)}
 
     @component.output_types(documents=list[Document])
     async def run_async(
-        self, query: str, filters: dict[str, Any] | None = None, top_k: int | None = None
+        self,
+        query: str,
+        filters: dict[str, Any] | None = None,
+        top_k: int | None = None,
+        tenant: str | None = None,
     ) -> dict[str, list[Document]]:
         """Same as :meth:`run`; the inner retriever's ``run_async`` is used when it has one."""
-        top_k = await asyncio.to_thread(self._prepare, filters, top_k)
+        top_k, tenant = await asyncio.to_thread(self._prepare, filters, top_k, tenant)
         query_embedding = (await asyncio.to_thread(self.encoder.encode_query, query)).tolist()
-        arguments: dict[str, Any] = {"query_embedding": query_embedding, "filters": filters}
-        if top_k is not None:
-            arguments["top_k"] = top_k
+        arguments = self._arguments(query_embedding, filters, top_k, tenant)
         if hasattr(self.retriever, "run_async"):
             result = await self.retriever.run_async(**arguments)
         else:
             result = await asyncio.to_thread(self.retriever.run, **arguments)
         return {"documents": self._verified(result["documents"])}
 
-    def _prepare(self, filters: dict[str, Any] | None, top_k: int | None) -> int | None:
+    def _prepare(
+        self, filters: dict[str, Any] | None, top_k: int | None, tenant: str | None
+    ) -> tuple[int | None, str | None]:
         top_k = self.top_k if top_k is None else top_k
+        tenant = self.tenant if tenant is None else tenant
         with haystack_errors():
             validate_search(1 if top_k is None else top_k, filters)
         self.warm_up()
+        if tenant is not None or isinstance(self.retriever, StoreEmbeddingRetriever):
+            # The store the inner retriever will search: bound to the run's tenant, else the inner one's.
+            self._tenant_store(tenant).check_encoder(self.encoder.fingerprint)
+            return top_k, tenant
         # Haystack's own retrievers keep the store as `document_store` or `_document_store`; only this package's
         # stores record their embedding space, the others are checked document by document afterwards.
         store = getattr(self.retriever, "document_store", None) or getattr(self.retriever, "_document_store", None)
         if isinstance(store, ContractDocumentStore):
             store.check_encoder(self.encoder.fingerprint)
-        return top_k
+        return top_k, tenant
+
+    def _tenant_store(self, tenant: str | None) -> Store:
+        if not isinstance(self.retriever, StoreEmbeddingRetriever):
+            raise ConfigurationError(
+                f"A tenant ({tenant!r}) needs a StoreEmbeddingRetriever inside DualEncoderRetriever, over a store with "
+                f"tenants; {type(self.retriever).__name__} takes none. Put StoreEmbeddingRetriever(document_store=...) "
+                f"inside, or drop the tenant."
+            )
+        return self.retriever.store_for(tenant)
+
+    @staticmethod
+    def _arguments(
+        query_embedding: list[float], filters: dict[str, Any] | None, top_k: int | None, tenant: str | None
+    ) -> dict[str, Any]:
+        """The inner retriever's run arguments; ``top_k`` and ``tenant`` only when set, so any embedding retriever
+        takes them."""
+        arguments: dict[str, Any] = {"query_embedding": query_embedding, "filters": filters}
+        if top_k is not None:
+            arguments["top_k"] = top_k
+        if tenant is not None:
+            arguments["tenant"] = tenant
+        return arguments
 
     def _verified(self, documents: list[Document]) -> list[Document]:
         unverified = verify_hits(

@@ -15,6 +15,7 @@ from haystack_integrations.document_stores.dual_encoder.contract_adapter import 
 
 from dual_encoder.config import validate_top_k
 from dual_encoder.hybrid import require_keyword_search
+from dual_encoder.stores.contract import scoped_to_tenant
 
 
 @component
@@ -34,6 +35,8 @@ class DualEncoderKeywordRetriever:
     :param top_k: Default number of documents to return; must be positive.
     :param filter_policy: How run-time filters combine with ``filters`` (``replace`` or ``merge``).
     :param return_embedding: Include each document's embedding in the results.
+    :param tenant: The tenant to search in a store with tenants; ``run(tenant=...)`` overrides it per query.
+        ``None``: the document store's own tenant, if any. A store without tenants refuses one.
     """
 
     def __init__(
@@ -43,6 +46,7 @@ class DualEncoderKeywordRetriever:
         top_k: int = 10,
         filter_policy: FilterPolicy | str = FilterPolicy.REPLACE,
         return_embedding: bool = False,
+        tenant: str | None = None,
     ) -> None:
         if not isinstance(document_store, ContractDocumentStore):
             raise TypeError(
@@ -56,6 +60,8 @@ class DualEncoderKeywordRetriever:
         self.top_k = top_k
         self.filter_policy = FilterPolicy.from_str(filter_policy) if isinstance(filter_policy, str) else filter_policy
         self.return_embedding = return_embedding
+        self.tenant = tenant
+        scoped_to_tenant(document_store.store, tenant)  # a store without tenants refuses one now, not at run time
 
     def warm_up(self) -> None:
         """Reopen the document store if it was closed (its connection or files open on first use); idempotent."""
@@ -77,6 +83,7 @@ class DualEncoderKeywordRetriever:
             top_k=self.top_k,
             filter_policy=self.filter_policy.value,
             return_embedding=self.return_embedding,
+            tenant=self.tenant,
         )
 
     @classmethod
@@ -85,18 +92,24 @@ class DualEncoderKeywordRetriever:
 
     @component.output_types(documents=list[Document])
     def run(
-        self, query: str, filters: dict[str, Any] | None = None, top_k: int | None = None
+        self,
+        query: str,
+        filters: dict[str, Any] | None = None,
+        top_k: int | None = None,
+        tenant: str | None = None,
     ) -> dict[str, list[Document]]:
         """The ``top_k`` documents with the highest BM25 score for ``query``, best first.
 
         :param query: The query text.
         :param filters: Run-time filters, combined with the default ones by ``filter_policy``.
         :param top_k: Number of documents; defaults to the ``top_k`` given at init.
+        :param tenant: Search this tenant's documents only; defaults to the ``tenant`` given at init.
         :returns: ``documents``: best first, each with ``score`` (BM25); only documents sharing a word with
             the query.
         :raises KeywordSearchUnsupportedError: the store has no keyword index (a ``NotImplementedError``).
+        :raises TenantsUnsupportedError: a tenant for a store without tenants (a ``ValueError``).
         """
-        store = self.document_store.store
+        store = scoped_to_tenant(self.document_store.store, self.tenant if tenant is None else tenant)
         require_keyword_search(store)
         top_k = validate_top_k(self.top_k if top_k is None else top_k)
         filters = apply_filter_policy(self.filter_policy, self.filters, filters)
@@ -106,7 +119,11 @@ class DualEncoderKeywordRetriever:
 
     @component.output_types(documents=list[Document])
     async def run_async(
-        self, query: str, filters: dict[str, Any] | None = None, top_k: int | None = None
+        self,
+        query: str,
+        filters: dict[str, Any] | None = None,
+        top_k: int | None = None,
+        tenant: str | None = None,
     ) -> dict[str, list[Document]]:
         """Same as :meth:`run`, without blocking the event loop."""
-        return await asyncio.to_thread(self.run, query, filters, top_k)
+        return await asyncio.to_thread(self.run, query, filters, top_k, tenant)
