@@ -77,6 +77,7 @@ __all__ = [
     "InvalidDocumentError",
     "KeywordSearchUnsupportedError",
     "ModelNotFoundError",
+    "NativeHybridUnsupportedError",
     "NotAModelError",
     "SearchHit",
     "SearchResult",
@@ -86,6 +87,7 @@ __all__ = [
     "StoreLockedError",
     "StoredRecord",
     "StoredSpace",
+    "TenantsUnsupportedError",
     "WriteSummary",
     "__version__",
     "open_embedded_store",
@@ -134,10 +136,12 @@ if TYPE_CHECKING:  # Type checkers and IDEs see the lazy names as ordinary impor
     from dual_encoder.stores import (
         DuplicatePolicy,
         KeywordSearchUnsupportedError,
+        NativeHybridUnsupportedError,
         SearchHit,
         SearchResult,
         Store,
         StoreClosedError,
         StoredRecord,
+        TenantsUnsupportedError,
         WriteSummary,
     )
