@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -235,3 +236,16 @@ def describe_evaluation_corpus(dev: TrainingData, corpus: dict[str, str], hard_d
         f"base model's top 10 for them, and {counts['random_documents']:,} random documents"
     )
     return counts
+
+
+def query_sized_pieces(documents: Iterable[str], words: int) -> set[str]:
+    """Query-like text from documents, for distillation (no labels needed): each document's opening and each of
+    its sentences of at least four words, every piece cut to its first ``words`` words."""
+    pieces: set[str] = set()
+    for text in documents:
+        pieces.add(" ".join(text.split()[:words]))
+        for sentence in re.split(r"(?<=[.!?])\s+", text):
+            sentence_words = sentence.split()
+            if len(sentence_words) >= 4:
+                pieces.add(" ".join(sentence_words[:words]))
+    return pieces

@@ -47,7 +47,6 @@ import copy
 import logging
 import math
 import random
-import re
 import statistics
 import time
 from collections.abc import Callable
@@ -62,7 +61,7 @@ from dual_encoder.errors import ConfigurationError
 from dual_encoder.models import load_shared_model
 from dual_encoder.sources import json_objects
 from dual_encoder.training.config import TrainingConfig
-from dual_encoder.training.data import TrainingData, load_training_data
+from dual_encoder.training.data import TrainingData, load_training_data, query_sized_pieces
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -570,14 +569,7 @@ def _distillation_texts(data: TrainingData, *, labelled: bool, seed: int) -> lis
     """The training queries, then query-sized pieces of the documents (openings and sentences), as many as
     :data:`_DISTILLATION_MAX_TEXTS` allows (a seeded sample beyond that)."""
     queries = sorted({data.queries[p.query_id] for p in data.pairs}) if labelled else []
-    pieces: set[str] = set()
-    for text in data.documents.values():
-        words = text.split()
-        pieces.add(" ".join(words[:_DISTILLATION_OPENING_WORDS]))
-        for sentence in re.split(r"(?<=[.!?])\s+", text):
-            sentence_words = sentence.split()
-            if len(sentence_words) >= 4:
-                pieces.add(" ".join(sentence_words[:_DISTILLATION_OPENING_WORDS]))
+    pieces = query_sized_pieces(data.documents.values(), _DISTILLATION_OPENING_WORDS)
     pieces -= set(queries)
     pieces.discard("")
     kept = sorted(pieces)

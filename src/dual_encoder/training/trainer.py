@@ -47,6 +47,7 @@ from dual_encoder.training.data import (
     describe_evaluation_corpus,
     evaluation_corpus,
     load_training_data,
+    query_sized_pieces,
     split_off_dev,
 )
 from dual_encoder.training.guard import (
@@ -421,14 +422,7 @@ def _distillation_texts(data: TrainingData, seed: int) -> list[str]:
     the light tower the corpus's vocabulary at little cost; beyond :data:`_DISTILLATION_MAX_TEXTS` a seeded
     sample of the pieces is kept, so a large corpus does not turn distillation into the whole run."""
     queries = {data.queries[p.query_id] for p in data.pairs}
-    pieces: set[str] = set()
-    for text in data.documents.values():
-        words = text.split()
-        pieces.add(" ".join(words[:_DISTILLATION_OPENING_WORDS]))
-        for sentence in re.split(r"(?<=[.!?])\s+", text):
-            sentence_words = sentence.split()
-            if len(sentence_words) >= 4:
-                pieces.add(" ".join(sentence_words[:_DISTILLATION_OPENING_WORDS]))
+    pieces = query_sized_pieces(data.documents.values(), _DISTILLATION_OPENING_WORDS)
     pieces -= queries
     budget = max(0, _DISTILLATION_MAX_TEXTS - len(queries))
     kept = sorted(pieces)
