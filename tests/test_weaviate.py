@@ -234,6 +234,47 @@ def test_missing_url_is_explained(monkeypatch):
         DualEncoderWeaviateDocumentStore().count_documents()
 
 
+def test_a_node_that_has_not_opened_the_collection_yet_is_asked_again_for_a_bounded_time(monkeypatch):
+    """Just after a collection is created, a cluster node can know it from the schema but not have opened its
+    copy ("tried to browse non-existing index"); the call is sent again until it has, and not forever."""
+    from dual_encoder_weaviate import store as store_module
+
+    not_loaded = RuntimeError("explorer: list class: search: tried to browse non-existing index for Docs")
+    answers = [not_loaded, not_loaded, "hits"]
+
+    def node(*args, **kwargs):
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert store_module._waiting_for_index_load(node, (), {}) == "hits"
+    assert answers == []
+
+    monkeypatch.setattr(store_module, "INDEX_LOAD_WAIT_SECONDS", 0.3)
+    calls = []
+
+    def never_loads(*args, **kwargs):
+        calls.append(time.monotonic())
+        raise not_loaded
+
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="non-existing index"):
+        store_module._waiting_for_index_load(never_loads, (), {})
+    assert len(calls) > 1 and time.monotonic() - started < 2
+
+    other = RuntimeError("class Docs not found")  # any other refusal is not retried
+    calls.clear()
+
+    def refuses(*args, **kwargs):
+        calls.append(1)
+        raise other
+
+    with pytest.raises(RuntimeError, match="not found"):
+        store_module._waiting_for_index_load(refuses, (), {})
+    assert len(calls) == 1
+
+
 def test_server_killed_during_indexing_then_reindexed_gives_an_exact_count(tmp_path):
     server = WeaviateServer(data_dir=tmp_path / "node").start()
     rng = np.random.default_rng(0)

@@ -29,6 +29,7 @@ import json
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
@@ -96,6 +97,11 @@ CONSISTENCY_LEVELS = ("ONE", "QUORUM", "ALL")
 _TENANT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 #: Server messages that mean too few replicas answered for the consistency level.
 _REPLICA_MARKERS = ("consistency level", "enough replicas", "cannot achieve", "not enough", "no replica")
+#: Server messages that mean the node knows the collection from the cluster's schema but has not opened its
+#: own copy yet (just after the collection was created, or while the node loads it): this passes in moments.
+_INDEX_NOT_LOADED_MARKERS = ("non-existing index", "local index")
+#: How long a call waits, in all, for a node to open a collection it already knows.
+INDEX_LOAD_WAIT_SECONDS = 15.0
 #: Server messages that mean the tenant is missing (or the request named none).
 _TENANT_MARKERS = ("not found", "does not exist", "without tenant", "no tenant")
 #: Set while this store runs a client call: the client then does not retry an unavailable node with backoff
@@ -516,7 +522,7 @@ class WeaviateStore(Store):
                 used = self._client
             token = _FAIL_FAST.set(True)
             try:
-                return target(*args, **kwargs)
+                return _waiting_for_index_load(target, args, kwargs)
             except DualEncoderError:
                 raise
             except Exception as error:
@@ -1119,6 +1125,26 @@ def _iso(value: datetime) -> str:
     if value.tzinfo is not None:
         value = value.astimezone(UTC).replace(tzinfo=None)
     return value.isoformat() + "Z"
+
+
+def _waiting_for_index_load(target: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Call ``target``; while the node answers that it has not opened its copy of the collection yet, call it
+    again with a growing pause, for at most :data:`INDEX_LOAD_WAIT_SECONDS`. The node refused the request
+    before doing anything, so sending it again is safe for reads and writes alike."""
+    deadline = time.monotonic() + INDEX_LOAD_WAIT_SECONDS
+    pause = 0.05
+    while True:
+        try:
+            return target(*args, **kwargs)
+        except Exception as error:
+            lowered = str(error).lower()
+            not_loaded = any(marker in lowered for marker in _INDEX_NOT_LOADED_MARKERS) and (
+                "non-existing" in lowered or "not found" in lowered
+            )
+            if not not_loaded or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 1.0)
 
 
 def _is_transport_error(error: BaseException) -> bool:
