@@ -147,5 +147,17 @@ def test_parallel_scan_survives_save_load_and_compaction(tmp_path, data):
 
 def test_one_list_keeps_faiss_default_scan(data):
     matrix, _ = data
-    index = build(matrix[:2000])
+    index = build(matrix[:2000], lists=1, probe=1)
     assert index.params["lists"] == 1 and index._index.implem == 0
+
+
+def test_threads_never_exceed_the_cpus_the_process_may_use(data, monkeypatch):
+    matrix, _ = data
+    index = build(matrix[:2000])
+    assert index.params["threads"] == 2 and index.params["probe"] == index.params["lists"] == 8
+    monkeypatch.setattr(ann, "usable_cpus", lambda: 1)
+    assert index._threads() == 1
+    positions, _ = index.search(matrix[5], 10)
+    assert positions[0] == 5
+    monkeypatch.setattr(ann, "usable_cpus", lambda: 4)
+    assert index._threads() == 2

@@ -23,7 +23,7 @@ from dual_encoder.embedded.quantised import TWO_THREAD_MIN_ROWS, QuantisedVector
 @pytest.fixture
 def two_cpus(monkeypatch):
     """Two usable CPUs whatever the machine has, so the two-thread path runs everywhere."""
-    monkeypatch.setattr(quantised, "_usable_cpus", lambda: 2)
+    monkeypatch.setattr(quantised, "usable_cpus", lambda: 2)
 
 
 def _codes(matrix: np.ndarray, similarity: str, **options) -> QuantisedVectors:
@@ -239,17 +239,17 @@ def test_one_usable_cpu_means_one_thread(monkeypatch):
 
     monkeypatch.setattr(quantised, "_helper", no_helper)
     monkeypatch.setattr(quantised.os, "sched_getaffinity", lambda pid: {0}, raising=False)
-    assert quantised._usable_cpus() == 1
+    assert quantised.usable_cpus() == 1
     assert codes.candidates(matrix[5], 10, np.ones(len(matrix), bool)) is not None
     assert codes.two_thread_scans == 0
     # Two CPUs in the affinity mask but a cgroup quota of one CPU: still one.
     monkeypatch.setattr(quantised.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     monkeypatch.setattr(quantised, "_cpu_quota", lambda: 1.0)
-    assert quantised._usable_cpus() == 1
+    assert quantised.usable_cpus() == 1
     assert codes.candidates(matrix[6], 10, np.ones(len(matrix), bool)) is not None
     assert codes.two_thread_scans == 0
     monkeypatch.setattr(quantised, "_cpu_quota", lambda: 1.5)
-    assert quantised._usable_cpus() == 2
+    assert quantised.usable_cpus() == 2
 
 
 def test_small_scans_stay_on_one_thread_unless_asked(two_cpus, monkeypatch):

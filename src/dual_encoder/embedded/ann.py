@@ -5,17 +5,18 @@ top-k queries by scanning those codes, then rescoring the best candidates exactl
 
 - **Codes**: faiss ``IndexIVFPQFastScan`` with 4-bit product quantisation, by default one sub-quantiser per
   two dimensions (96 bytes per 384-d vector; with the id maps, under 200 MB per million). The fast-scan
-  kernels score the codes from SIMD registers, so scanning every code is cheap; with the default single list
-  (``lists=1``) the scan is exhaustive, which keeps recall on unstructured vectors (where graph and cluster
-  indexes degrade) and makes filters exact: an ``allowed`` mask is applied inside the scan, so a filtered
-  query returns ``min(k, allowed rows)`` results whatever the selectivity. ``lists > 1`` with ``probe`` below
+  kernels score the codes from SIMD registers, so scanning every code is cheap; by default every list is
+  probed (``probe == lists``), so the scan is exhaustive, which keeps recall on unstructured vectors (where
+  graph and cluster indexes degrade) and makes filters exact: an ``allowed`` mask is applied inside the scan,
+  so a filtered query returns ``min(k, allowed rows)`` results whatever the selectivity. ``probe`` below
   ``lists`` trades recall for speed on clustered data at many millions of rows.
 - **Parallel scan**: one list is scanned by one thread. With ``lists > 1`` the lists a query visits are
   shared out among ``threads`` threads (faiss's per-list parallel scan, each thread keeping its own best
-  candidates, merged at the end), so ``lists=8, probe=8, threads=2`` is still an exhaustive scan, with exact
-  filters, on two cores; several lists per thread keep the threads evenly loaded when the lists' sizes
-  differ. Small jobs stay on one thread (scans of fewer than ``_PARALLEL_SCAN_MIN`` codes, adds of fewer than
-  ``_PARALLEL_ENCODE_MIN`` vectors): waking a second thread, which may be busy elsewhere, costs more.
+  candidates, merged at the end), so the default ``lists=8, probe=8, threads=2`` is an exhaustive scan, with
+  exact filters, on two cores (on one when the process may use only one CPU); several lists per thread keep
+  the threads evenly loaded when the lists' sizes differ. Small jobs stay on one thread (scans of fewer than
+  ``_PARALLEL_SCAN_MIN`` codes, adds of fewer than ``_PARALLEL_ENCODE_MIN`` vectors): waking a second thread,
+  which may be busy elsewhere, costs more.
 - **Exact scores**: the ``candidates`` best codes (per 10 results) are rescored exactly from float32 vectors.
   Pass ``vectors=`` (a function from positions to rows of the store's own float32 matrix) so the index keeps
   no second float32 copy; without it the index keeps its own copy of every vector it was given.
@@ -32,7 +33,7 @@ top-k queries by scanning those codes, then rescoring the best candidates exactl
 Scores are on the exact-search scale: the cosine similarity for ``"cosine"`` (0 for a zero vector), the raw
 dot product for ``"dot"``. Results are ordered by score, ties by position.
 
-Filters: when every list is scanned (``probe >= lists``, as with the default ``lists=1``) every allowed row is
+Filters: when every list is scanned (``probe >= lists``, as by default) every allowed row is
 scanned, so results honour ``allowed`` and are as complete as an unfiltered search. With ``probe < lists`` a
 very selective mask can leave fewer than ``k`` results; the caller should then score the allowed rows exactly.
 For very selective masks, exact scoring of the allowed rows is also the faster answer: :func:`prefers_exact`
@@ -68,6 +69,7 @@ from typing import Any
 
 import numpy as np
 
+from dual_encoder.embedded.quantised import usable_cpus
 from dual_encoder.embedded.storage import checked_rows, save_arrays_atomically
 
 try:
@@ -79,20 +81,21 @@ __all__ = ["DEFAULT_PARAMETERS", "EXACT_BELOW_COUNT", "EXACT_BELOW_FRACTION", "A
 
 #: Defaults chosen by ``benchmarks/ann_choice.py`` (see benchmarks/README.md, "Approximate search").
 DEFAULT_PARAMETERS: dict[str, Any] = {
-    # Exactly rescored codes per 10 requested results (the main recall/latency knob).
-    "candidates": 500,
+    # Exactly rescored codes per 10 requested results (the main recall/latency knob): 300 keeps recall@10
+    # at 0.98 on 1M random vectors (benchmarks/ann_fast.py).
+    "candidates": 300,
     # Dimensions per 4-bit sub-quantiser: 2 gives d/2 sub-quantisers (d/4 bytes per vector).
     "dims_per_subquantizer": 2,
-    # Inverted lists; 1 is an exhaustive scan of the codes (exact filters, robust recall).
-    "lists": 1,
-    # Lists scanned per query when lists > 1 (at least `lists`: every list, an exhaustive scan).
-    "probe": 1,
+    # Inverted lists. All of them are probed by default, so the scan stays exhaustive (exact filters, robust
+    # recall); 8 lists let one query's scan be shared by two threads.
+    "lists": 8,
+    # Lists scanned per query (at least `lists`: every list, an exhaustive scan).
+    "probe": 8,
     # Vectors held before the quantiser is trained (and the sample it is trained on); searches are exact
     # until then.
     "train_size": 8192,
-    # OpenMP threads per faiss call: a single query scans one list on one thread, so more threads only help
-    # with several lists (the machine is shared with query encoding).
-    "threads": 1,
+    # Most OpenMP threads per faiss call, capped by the CPUs the process may use (1 on a one-CPU container).
+    "threads": 2,
 }
 
 #: Masks allowing fewer than this fraction of the indexed rows are answered faster by exact scoring.
@@ -325,7 +328,7 @@ class ApproximateIndex:
             sel=selector, nprobe=min(int(self.params["probe"]), int(self.params["lists"]))
         )
         # A small scan is over before a second thread would be up.
-        threads = int(self.params["threads"]) if codes >= _PARALLEL_SCAN_MIN else 1
+        threads = self._threads() if codes >= _PARALLEL_SCAN_MIN else 1
         with _OmpThreads(threads):
             _, found = self._index.search(prepared, wanted, params=search_params)
         found = found[0]
@@ -513,7 +516,7 @@ class ApproximateIndex:
             self._position_of = grown
         # Threads only pay for bulk encoding: for a few vectors, waking a second thread (which may be busy
         # elsewhere) costs more than encoding them.
-        threads = int(self.params["threads"]) if len(positions) >= _PARALLEL_ENCODE_MIN else 1
+        threads = self._threads() if len(positions) >= _PARALLEL_ENCODE_MIN else 1
         with _OmpThreads(threads):
             self._index.add_with_ids(prepared, numbers)
         self._position_of[numbers] = positions
@@ -539,6 +542,10 @@ class ApproximateIndex:
         index = faiss.index_factory(self.dimension, f"IVF{lists},PQ{subquantizers}x4fs", faiss.METRIC_INNER_PRODUCT)
         return _parallel_over_lists(index)
 
+    def _threads(self) -> int:
+        """OpenMP threads for one faiss call: ``threads``, but no more than the CPUs this process may use."""
+        return max(1, min(int(self.params["threads"]), usable_cpus()))
+
     def _train(self) -> None:
         """Train on a sample of the held vectors, then encode all of them."""
         positions = np.flatnonzero(self._present)
@@ -546,7 +553,7 @@ class ApproximateIndex:
         sample_size = min(len(positions), int(self.params["train_size"]))
         sample = np.sort(rng.choice(positions, sample_size, replace=False))
         index = self._new_faiss_index()
-        with _OmpThreads(int(self.params["threads"])):
+        with _OmpThreads(self._threads()):
             index.train(self._prepare(self._rows(sample)))
         self._index = index
         for start in range(0, len(positions), 65_536):

@@ -90,7 +90,7 @@ try:
 except ImportError as error:  # pragma: no cover - faiss-cpu is a dependency
     raise ImportError("dual_encoder.embedded.quantised needs faiss-cpu: pip install 'faiss-cpu>=1.15,<1.16'") from error
 
-__all__ = ["TWO_THREAD_MIN_ROWS", "QuantisedVectors"]
+__all__ = ["TWO_THREAD_MIN_ROWS", "QuantisedVectors", "usable_cpus"]
 
 _FORMAT = "dual-encoder-quantised-vectors"
 _FORMAT_VERSION = 1
@@ -109,7 +109,7 @@ _READ_CHUNK = 1 << 24
 _UNIT_ROUNDOFF = 2.0**-24
 #: Rows a query's scan must cover before its two halves run on two threads (when the process may use two
 #: CPUs): below it, handing half to the helper thread costs more than it saves (benchmarks/exact_threads.py).
-TWO_THREAD_MIN_ROWS = 65_536
+TWO_THREAD_MIN_ROWS = 16_384
 # Rows inside the scanned range that are not scanned (not allowed, or outliers) are skipped through a bitmap,
 # which costs every row a lookup; when they are at most 1/_BITMAP_FREE_MAX_FRACTION of the range, scanning them
 # too is cheaper. Each chunk's result then grows by up to _BITMAP_FREE_EXTRA rows to make room for excluded rows
@@ -456,7 +456,7 @@ class QuantisedVectors:
             return 1
         if self.scan_threads is None and rows < TWO_THREAD_MIN_ROWS:
             return 1
-        return 2 if _usable_cpus() >= 2 else 1
+        return 2 if usable_cpus() >= 2 else 1
 
     def _prepare(self, vectors: np.ndarray) -> np.ndarray:
         """Rows as encoded: unit rows for cosine (zero rows stay zero), unchanged for dot."""
@@ -777,7 +777,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_helper_after_fork)
 
 
-def _usable_cpus() -> int:
+def usable_cpus() -> int:
     """CPUs this process may use: its affinity mask, capped by its cgroup's CPU quota."""
     try:
         cpus = len(os.sched_getaffinity(0))
