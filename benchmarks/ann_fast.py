@@ -1,4 +1,4 @@
-"""A faster approximate top-10 at 1M: the current index beside a parallel scan and smaller codes, in one run.
+"""A faster approximate top-10 at 1M: one list on one thread beside a parallel scan and smaller codes, in one run.
 
 Two stages, each writing one result file under ``benchmarks/results/``:
 
@@ -10,12 +10,12 @@ Two stages, each writing one result file under ``benchmarks/results/``:
   candidates, the rest), the cost of dead codes (a selector inside the scan), writes of 10 vectors, save and
   load, and exact ``matrix @ query`` in the same run for scale. -> ``ann_fast_1000k.json``
 - ``scifact`` (SciFact's 5,183 documents embedded by all-MiniLM-L6-v2, its 300 test queries): recall@10 and
-  nDCG@10 against exact search for the current and the parallel configuration. -> ``ann_fast_scifact.json``
+  nDCG@10 against exact search for the one-list and the parallel configuration. -> ``ann_fast_scifact.json``
 
 Configurations (``dual_encoder.embedded.ann.ApproximateIndex`` parameters):
 
-- ``current``: the defaults (one list: an exhaustive scan of 4-bit codes, 2 dimensions per sub-quantiser, on
-  one thread);
+- ``lists1_1thread``: the defaults before 2026-12-02 (one list: an exhaustive scan of 4-bit codes, 2 dimensions
+  per sub-quantiser, on one thread);
 - ``lists8_1thread`` / ``lists8_2threads``: 8 lists, all 8 probed (still exhaustive), on 1 or 2 threads (one
   index, so the thread count is the only difference);
 - ``lists2_2threads``: 2 lists, both probed, on 2 threads;
@@ -54,7 +54,7 @@ DIMS4_CURVE = [500, 1000, 2000, 3000, 5000]
 
 # name -> (index key, search parameters, candidates curve)
 CONFIGURATIONS: dict[str, tuple[str, dict, list[int]]] = {
-    "current": ("lists1", {"threads": 1}, DIMS2_CURVE),
+    "lists1_1thread": ("lists1", {"threads": 1}, DIMS2_CURVE),
     "lists8_1thread": ("lists8", {"threads": 1}, DIMS2_CURVE),
     "lists8_2threads": ("lists8", {"threads": 2}, DIMS2_CURVE),
     "lists2_2threads": ("lists2", {"threads": 2}, DIMS2_CURVE),
