@@ -70,7 +70,7 @@ from typing import Any
 import numpy as np
 
 from dual_encoder.embedded.quantised import usable_cpus
-from dual_encoder.embedded.storage import checked_rows, save_arrays_atomically
+from dual_encoder.embedded.storage import checked_rows, load_checked_arrays, save_arrays_atomically
 
 try:
     import faiss
@@ -380,24 +380,14 @@ class ApproximateIndex:
         built for another dimension or similarity.
         """
         path = Path(path)
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {name: data[name] for name in data.files}
-            header = json.loads(arrays["header"].tobytes().decode())
-        except (OSError, ValueError, KeyError, EOFError) as error:
-            raise ValueError(
-                f"Cannot read the approximate index '{path}' ({error}). Delete it: the store rebuilds it from its "
-                "vectors."
-            ) from error
-        if header.get("format") != _FORMAT or header.get("version") != _FORMAT_VERSION:
-            raise ValueError(
-                f"'{path}' is not a version-{_FORMAT_VERSION} approximate index. Delete it: the store rebuilds it."
-            )
-        if header["dimension"] != int(dimension) or header["similarity"] != similarity:
-            raise ValueError(
-                f"The approximate index '{path}' holds {header['dimension']}-d {header['similarity']} vectors, "
-                f"not {dimension}-d {similarity}. Delete it: the store rebuilds it."
-            )
+        header, arrays = load_checked_arrays(
+            path,
+            what="approximate index",
+            file_format=_FORMAT,
+            version=_FORMAT_VERSION,
+            dimension=dimension,
+            similarity=similarity,
+        )
         for name, value in header["structure"].items():
             if name in params and int(params[name]) != value:
                 raise ValueError(

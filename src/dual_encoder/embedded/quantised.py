@@ -83,7 +83,7 @@ from typing import Any
 
 import numpy as np
 
-from dual_encoder.embedded.storage import checked_rows, save_arrays_atomically
+from dual_encoder.embedded.storage import checked_rows, load_checked_arrays, save_arrays_atomically
 
 try:
     import faiss
@@ -395,25 +395,16 @@ class QuantisedVectors:
         """Read codes written by :meth:`save`. Raises ``ValueError`` naming the file when it is not such a file,
         is damaged, or was written for another dimension or similarity."""
         path = Path(path)
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                # The codes (the bulk of the file) are read later, straight into the scan's buffer.
-                arrays = {name: data[name] for name in data.files if name != "codes"}
-            header = json.loads(arrays["header"].tobytes().decode())
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
-            raise ValueError(
-                f"Cannot read the quantised vectors '{path}' ({error}). Delete it: the store rebuilds it from its "
-                "vectors."
-            ) from error
-        if header.get("format") != _FORMAT or header.get("version") != _FORMAT_VERSION:
-            raise ValueError(
-                f"'{path}' is not a version-{_FORMAT_VERSION} quantised-vectors file. Delete it: the store rebuilds it."
-            )
-        if header.get("dimension") != int(dimension) or header.get("similarity") != similarity:
-            raise ValueError(
-                f"The quantised vectors '{path}' hold {header.get('dimension')}-d {header.get('similarity')} codes, "
-                f"not {dimension}-d {similarity}. Delete it: the store rebuilds it."
-            )
+        # The codes (the bulk of the file) are read later, straight into the scan's buffer.
+        header, arrays = load_checked_arrays(
+            path,
+            what="quantised vectors",
+            file_format=_FORMAT,
+            version=_FORMAT_VERSION,
+            dimension=dimension,
+            similarity=similarity,
+            skip=frozenset({"codes"}),
+        )
         loaded = cls(dimension, similarity, vectors=vectors, max_candidates=max_candidates, scan_threads=scan_threads)
         if header["empty"]:
             return loaded

@@ -35,6 +35,7 @@ import mmap
 import os
 import sqlite3
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,41 @@ def save_arrays_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
         file.flush()
         os.fsync(file.fileno())
     os.replace(temporary, path)
+
+
+def load_checked_arrays(
+    path: Path,
+    *,
+    what: str,
+    file_format: str,
+    version: int,
+    dimension: int,
+    similarity: str,
+    skip: frozenset[str] = frozenset(),
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The JSON header and the arrays (except ``skip``) of a file :func:`save_arrays_atomically` wrote for a
+    derived index (``what``: how messages name it), checked to be ``file_format`` at ``version`` for ``dimension``-d
+    ``similarity`` vectors.
+
+    :raises ValueError: naming the file and saying that deleting it makes the store rebuild it, when it cannot
+        be read, is another format or version, or was written for another dimension or similarity.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files if name not in skip}
+        header = json.loads(arrays["header"].tobytes().decode())
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(
+            f"Cannot read the {what} '{path}' ({error}). Delete it: the store rebuilds it from its vectors."
+        ) from error
+    if not isinstance(header, dict) or header.get("format") != file_format or header.get("version") != version:
+        raise ValueError(f"'{path}' is not a version-{version} {what} file. Delete it: the store rebuilds it.")
+    if header.get("dimension") != int(dimension) or header.get("similarity") != similarity:
+        raise ValueError(
+            f"The {what} '{path}' holds {header.get('dimension')}-d {header.get('similarity')} vectors, not "
+            f"{dimension}-d {similarity}. Delete it: the store rebuilds it."
+        )
+    return header, arrays
 
 
 class StoreLockedError(DualEncoderError, RuntimeError):
