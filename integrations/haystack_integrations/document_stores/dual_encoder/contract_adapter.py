@@ -217,6 +217,26 @@ class ContractDocumentStore:
 
 
 # ---------------------------------------------------------------------------------------- translation
+class StoreComponentLifecycle:
+    """``warm_up``/``close``/``close_async`` for a component that reads or writes ``self.document_store``: each is
+    passed on to the store, so ``Pipeline.warm_up()`` reopens a closed store and ``Pipeline.close()`` releases its
+    connection or files."""
+
+    document_store: ContractDocumentStore
+
+    def warm_up(self) -> None:
+        """Reopen the document store if it was closed (its connection or files open on first use); idempotent."""
+        self.document_store.warm_up()
+
+    def close(self) -> None:
+        """Release the document store's connection or files; ``Pipeline.close()`` calls this."""
+        self.document_store.close()
+
+    async def close_async(self) -> None:
+        """:meth:`close` without blocking the event loop; ``close_async()`` of a pipeline calls this."""
+        await self.document_store.close_async()
+
+
 @contextlib.contextmanager
 def haystack_errors() -> Iterator[None]:
     """The core's filter and duplicate errors as Haystack's own types (both stay ``ValueError``s)."""

@@ -10,6 +10,7 @@ from haystack import Document, component, default_from_dict, default_to_dict
 from haystack.document_stores.types import FilterPolicy, apply_filter_policy
 from haystack_integrations.document_stores.dual_encoder.contract_adapter import (
     ContractDocumentStore,
+    StoreComponentLifecycle,
     haystack_errors,
     record_to_document,
 )
@@ -35,7 +36,7 @@ KEYWORD_SCORE_KEY = "keyword_score"
 
 
 @component
-class DualEncoderHybridRetriever:
+class DualEncoderHybridRetriever(StoreComponentLifecycle):
     """Query text in, one fused list out: BM25 keyword search and dual-encoder vector search on the same store.
 
     The query is encoded with the query tower once; the keyword search runs in a worker thread meanwhile.
@@ -150,19 +151,10 @@ class DualEncoderHybridRetriever:
 
     def warm_up(self) -> None:
         """Load the query tower (shared within the process) and reopen the document store if it was closed;
-        idempotent."""
+        idempotent. ``close`` releases the store only: the model stays loaded, shared within the process."""
         self.document_store.warm_up()
         self.encoder.load()
         _ = self.encoder.fingerprint
-
-    def close(self) -> None:
-        """Release the document store's connection or files; ``Pipeline.close()`` calls this. The model stays
-        loaded: it is shared within the process."""
-        self.document_store.close()
-
-    async def close_async(self) -> None:
-        """:meth:`close` without blocking the event loop; ``close_async()`` of a pipeline calls this."""
-        await self.document_store.close_async()
 
     def to_dict(self) -> dict[str, Any]:
         return default_to_dict(

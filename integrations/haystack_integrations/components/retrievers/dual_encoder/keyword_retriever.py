@@ -9,6 +9,7 @@ from haystack import Document, component, default_from_dict, default_to_dict
 from haystack.document_stores.types import FilterPolicy, apply_filter_policy
 from haystack_integrations.document_stores.dual_encoder.contract_adapter import (
     ContractDocumentStore,
+    StoreComponentLifecycle,
     haystack_errors,
     result_to_documents,
 )
@@ -19,7 +20,7 @@ from dual_encoder.stores.contract import scoped_to_tenant
 
 
 @component
-class DualEncoderKeywordRetriever:
+class DualEncoderKeywordRetriever(StoreComponentLifecycle):
     """Top-k BM25 keyword retrieval from a store of this package that has a keyword index.
 
     Usage::
@@ -62,18 +63,6 @@ class DualEncoderKeywordRetriever:
         self.return_embedding = return_embedding
         self.tenant = tenant
         scoped_to_tenant(document_store.store, tenant)  # a store without tenants refuses one now, not at run time
-
-    def warm_up(self) -> None:
-        """Reopen the document store if it was closed (its connection or files open on first use); idempotent."""
-        self.document_store.warm_up()
-
-    def close(self) -> None:
-        """Release the document store's connection or files; ``Pipeline.close()`` calls this."""
-        self.document_store.close()
-
-    async def close_async(self) -> None:
-        """:meth:`close` without blocking the event loop; ``close_async()`` of a pipeline calls this."""
-        await self.document_store.close_async()
 
     def to_dict(self) -> dict[str, Any]:
         return default_to_dict(

@@ -10,6 +10,7 @@ from haystack.document_stores.types import DuplicatePolicy
 from haystack_integrations.document_stores.dual_encoder.contract_adapter import (
     _POLICIES,
     ContractDocumentStore,
+    StoreComponentLifecycle,
     documents_to_records,
     haystack_errors,
 )
@@ -18,7 +19,7 @@ from dual_encoder.stores.contract import scoped_to_tenant
 
 
 @component
-class DualEncoderDocumentWriter:
+class DualEncoderDocumentWriter(StoreComponentLifecycle):
     """Haystack's ``DocumentWriter`` for this package's stores, with a tenant per write.
 
     Without a tenant it writes exactly as ``DocumentWriter`` does (``document_store.write_documents``). With one
@@ -58,18 +59,6 @@ class DualEncoderDocumentWriter:
         self.policy = _as_policy(policy)
         self.tenant = tenant
         scoped_to_tenant(document_store.store, tenant)  # a store without tenants refuses one now, not at run time
-
-    def warm_up(self) -> None:
-        """Reopen the document store if it was closed (its connection or files open on first use); idempotent."""
-        self.document_store.warm_up()
-
-    def close(self) -> None:
-        """Release the document store's connection or files; ``Pipeline.close()`` calls this."""
-        self.document_store.close()
-
-    async def close_async(self) -> None:
-        """:meth:`close` without blocking the event loop; ``close_async()`` of a pipeline calls this."""
-        await self.document_store.close_async()
 
     def to_dict(self) -> dict[str, Any]:
         return default_to_dict(
