@@ -9,7 +9,6 @@ import pytest
 
 from dual_encoder.errors import ConfigurationError
 from dual_encoder.hybrid import DEFAULT_WEIGHT, KeywordIndexedStore, hybrid_search
-from dual_encoder.keyword import KeywordConfig
 
 PETS = {
     "cats": ("Cats purr when they are content and knead soft blankets.", {"group": "animals"}),
@@ -172,26 +171,20 @@ def scifact_slice(minilm):
     return records, queries
 
 
-#: The embedded keyword index set up as Weaviate's BM25 on a ``word``-tokenised property: no stemmer, the same
-#: English stopwords, words of letters and digits split at everything else (single characters kept), and
-#: Weaviate's default ``k1`` 1.2 and ``b`` 0.75.
-WEAVIATE_LIKE_BM25 = KeywordConfig(stemmer=None, stopwords="en", pattern=r"[^\W_]+", k1=1.2, b=0.75)
-
-
 @pytest.mark.scifact
 def test_embedded_and_weaviate_hybrid_agree(weaviate_server, collection_name, scifact_slice, minilm):
     """The same SciFact documents in the embedded store and in a real Weaviate, top-10 lists compared query by
     query. Weaviate's native hybrid search is our weighted fusion over Weaviate's own BM25 and vector sides; the
     fused lists of the two stores differ only as far as their BM25 differs, which is the stemmer: with
     Weaviate's tokenisation and parameters the embedded keyword index returns Weaviate's top 10."""
-    from dual_encoder_weaviate import WeaviateStore
+    from dual_encoder_weaviate import KEYWORD_CONFIG_LIKE_WEAVIATE, WeaviateStore
 
     from dual_encoder.embedded import open_embedded_store
 
     records, queries = scifact_slice
     embedded = open_embedded_store(None)
     embedded.upsert(records)
-    weaviate_like = KeywordIndexedStore(open_embedded_store(None), WEAVIATE_LIKE_BM25)
+    weaviate_like = open_embedded_store(None, keyword=KEYWORD_CONFIG_LIKE_WEAVIATE)
     weaviate_like.upsert(records)
     weaviate = WeaviateStore(url=weaviate_server.url, grpc_port=weaviate_server.ports.grpc, collection=collection_name)
     try:

@@ -6,11 +6,13 @@
   compression of a collection the store creates;
 - :mod:`dual_encoder_weaviate.server`: build and run a local Weaviate node, or a cluster of several
   (:class:`~dual_encoder_weaviate.server.WeaviateCluster`), with no Docker;
+- :data:`~dual_encoder_weaviate.keyword.KEYWORD_CONFIG_LIKE_WEAVIATE`: embedded-store keyword settings that score
+  like Weaviate's BM25;
 - ``dual-encoder weaviate start|stop|status`` (:mod:`dual_encoder_weaviate.cli`) and the ``weaviate`` store
   plug-in (:func:`~dual_encoder_weaviate.store.open_weaviate_store`), found through entry points.
 
-The store needs ``weaviate-client`` (``pip install 'dual-encoder-retrieval[weaviate]'``); the server tool and
-CLI do not.
+The store needs ``weaviate-client`` (``pip install 'dual-encoder-retrieval[weaviate]'``); the server tool, the
+keyword settings and the CLI do not.
 
 Example::
 
@@ -31,6 +33,7 @@ from dual_encoder_weaviate.errors import (
     TenantNotFoundError,
     WeaviateUnavailableError,
 )
+from dual_encoder_weaviate.keyword import KEYWORD_CONFIG_LIKE_WEAVIATE
 from dual_encoder_weaviate.server import WeaviateCluster, WeaviateServer
 
 if TYPE_CHECKING:
@@ -38,6 +41,7 @@ if TYPE_CHECKING:
     from dual_encoder_weaviate.store import WeaviateStore
 
 __all__ = [
+    "KEYWORD_CONFIG_LIKE_WEAVIATE",
     "CollectionSettings",
     "PartialWriteError",
     "ReplicaUnavailableError",

@@ -116,16 +116,23 @@ class DualEncoderVectorStore(VectorStore):
 
     @classmethod
     def embedded(
-        cls, embedding: DualEncoderEmbeddings, path: str | None = None, *, similarity: str | None = None
+        cls,
+        embedding: DualEncoderEmbeddings,
+        path: str | None = None,
+        *,
+        similarity: str | None = None,
+        keyword: Mapping[str, Any] | None = None,
     ) -> DualEncoderVectorStore:
         """A vector store over the embedded store at ``path`` (created if missing; ``None``: in memory only).
 
         :param similarity: ``"cosine"`` or ``"dot"`` for a new store; ``None`` keeps a saved store's (cosine
             for a new one).
+        :param keyword: Keyword (BM25) settings for hybrid search, a ``dual_encoder.keyword.KeywordConfig`` or its
+            dict; ``None`` keeps the store's saved settings (English stemming and stopwords for a new one).
         """
         from dual_encoder.embedded import open_embedded_store  # the storage engine loads only when asked for
 
-        return cls(embedding, open_embedded_store(path, similarity=similarity))
+        return cls(embedding, open_embedded_store(path, similarity=similarity, keyword=keyword))
 
     @property
     def embeddings(self) -> Embeddings:

@@ -54,8 +54,8 @@ import math
 import os
 import re
 import threading
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,7 @@ import scipy.sparse
 
 from dual_encoder.errors import ConfigurationError, DualEncoderError
 
-__all__ = ["KeywordConfig", "KeywordIndex", "KeywordIndexError", "tokenize"]
+__all__ = ["KeywordConfig", "KeywordIndex", "KeywordIndexError", "keyword_config_of", "tokenize"]
 
 _FORMAT = 1
 _CONFIG_FILE = "keyword.json"
@@ -151,6 +151,27 @@ class KeywordConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> KeywordConfig:
         return cls(**data)
+
+
+def keyword_config_of(value: KeywordConfig | Mapping[str, Any] | None) -> KeywordConfig | None:
+    """A checked :class:`KeywordConfig` from itself or its dict (YAML, JSON); ``None`` stays ``None``.
+
+    :raises ConfigurationError: unknown fields, or a stemmer, stopword list or pattern that does not exist.
+    """
+    if value is None:
+        return None
+    if isinstance(value, KeywordConfig):
+        _Tokenizer(value)  # an unknown stemmer or stopword list fails here, not at the first keyword search
+        return value
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(
+            f"Keyword settings must be a KeywordConfig or a dict of its fields, got {type(value).__name__}."
+        )
+    names = [item.name for item in fields(KeywordConfig)]
+    unknown = sorted(set(value) - set(names))
+    if unknown:
+        raise ConfigurationError(f"Unknown keyword settings {unknown}; the fields are {names}.")
+    return keyword_config_of(KeywordConfig.from_dict(dict(value)))
 
 
 class _Tokenizer:

@@ -1,7 +1,8 @@
 """BM25 keyword search for the embedded store: a :class:`~dual_encoder.keyword.KeywordIndex` over the
 ``content`` of every stored document, keyed by the store's row slots.
 
-The index is built on the first keyword search (from the database's content column, with a log message:
+The index tokenises and scores by the store's ``keyword_config`` (saved with the store; new settings rebuild it).
+It is built on the first keyword search (from the database's content column, with a log message:
 this is also how a store written before keyword search existed gets one), then kept current by every write
 and delete of this process and by the change log of other processes' writes. It is saved beside the store
 (``keyword-<generation>-<tag>/`` plus the pointer ``keyword.json``) on close and after bulk writes, tagged with
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dual_encoder.keyword import KeywordIndex
+from dual_encoder.keyword import KeywordConfig, KeywordIndex
 from dual_encoder.stores.contract import SearchHit, SearchResult
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ class KeywordSearchMixin:
     if TYPE_CHECKING:  # what the mixin reads from its host store
         path: Path | None
         location: str
+        keyword_config: KeywordConfig
         _connection: sqlite3.Connection | None
 
         @property
@@ -114,7 +116,7 @@ class KeywordSearchMixin:
             return self._keyword
         index = self._load_saved_keyword()
         if index is None:
-            index = KeywordIndex()
+            index = KeywordIndex(self.keyword_config)
             count = self._db.execute("SELECT COUNT(*) FROM docs").fetchone()[0]
             if count:
                 logger.info(
@@ -151,6 +153,13 @@ class KeywordSearchMixin:
             index = KeywordIndex.load(folder)
         except Exception as error:  # only a cache: rebuild it
             logger.warning("Rebuilding the keyword index of %s: the saved one did not load (%s).", self.location, error)
+            return None
+        if index.config != self.keyword_config:
+            logger.info(
+                "Rebuilding the keyword index of %s with the new keyword settings %s.",
+                self.location,
+                self.keyword_config.to_dict(),
+            )
             return None
         if generation < self._generation:
             changed = [

@@ -90,6 +90,7 @@ from dual_encoder.errors import (
 )
 from dual_encoder.filters import compile_filter
 from dual_encoder.fingerprint import StoredSpace
+from dual_encoder.keyword import KeywordConfig, keyword_config_of
 from dual_encoder.stores.contract import (
     DuplicatePolicy,
     SearchHit,
@@ -187,6 +188,9 @@ class EmbeddedStore(KeywordSearchMixin, Store):
         :class:`StoreLockedError`.
     :param quantised_threshold: Embedded-document count from which exact search scans 8-bit codes first and
         rescores only the rows that can be in the top k (the result is still exact); ``None`` for the default.
+    :param keyword: How keyword search tokenises and scores (a :class:`~dual_encoder.keyword.KeywordConfig` or
+        its dict). ``None`` keeps the settings saved with the store (the English defaults for a new one); other
+        settings are saved with the store and its keyword index is rebuilt with them on the next keyword search.
     """
 
     supports_keyword_search = True
@@ -199,6 +203,7 @@ class EmbeddedStore(KeywordSearchMixin, Store):
         approximate_threshold: int | None = DEFAULT_APPROXIMATE_THRESHOLD,
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
         quantised_threshold: int | None = DEFAULT_QUANTISED_THRESHOLD,
+        keyword: KeywordConfig | Mapping[str, Any] | None = None,
     ) -> None:
         if similarity is not None and similarity not in SIMILARITIES:
             raise ConfigurationError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}.")
@@ -217,6 +222,8 @@ class EmbeddedStore(KeywordSearchMixin, Store):
             DEFAULT_QUANTISED_THRESHOLD if quantised_threshold is None else int(quantised_threshold)
         )
         self._requested_similarity = similarity
+        self._requested_keyword = keyword_config_of(keyword)
+        self.keyword_config = self._requested_keyword or KeywordConfig()
         self._lock = threading.RLock()
         self._connection: sqlite3.Connection | None = None
         self._vectors: VectorFile | None = None
@@ -290,10 +297,23 @@ class EmbeddedStore(KeywordSearchMixin, Store):
                             f"{self._requested_similarity!r}. Open it with similarity={saved!r} (or leave it unset)."
                         )
                     self._transaction(lambda: write_info(self._db, {"similarity": self._requested_similarity}))
+            self._settle_keyword_config(info)
             self._full_load()
         if self.path is not None:
             legacy.remove_leftovers(self.path)
             self._remove_orphan_vector_files()
+
+    def _settle_keyword_config(self, info: dict[str, Any]) -> None:
+        saved = KeywordConfig.from_dict(info["keyword"]) if info.get("keyword") else KeywordConfig()
+        requested = self._requested_keyword
+        if requested is None or requested == saved:
+            self.keyword_config = saved
+            return
+        # Saved before the keyword index reads it, so every later opener (and this one's rebuild) agrees.
+        with self._writer.held():
+            self._transaction(lambda: write_info(self._db, {"keyword": requested.to_dict()}))
+        info["keyword"] = requested.to_dict()
+        self.keyword_config = requested
 
     def _create_info(self) -> dict[str, Any]:
         info = {
@@ -1620,6 +1640,12 @@ def open_embedded_store(
             raise ConfigurationError(
                 f"{store.location} uses similarity {store.similarity!r}, not {similarity!r}. Open it with "
                 f"similarity={store.similarity!r} (or leave similarity unset)."
+            )
+        elif (keyword := keyword_config_of(options.get("keyword"))) is not None and keyword != store.keyword_config:
+            raise ConfigurationError(
+                f"{store.location} is open in this process with keyword settings {store.keyword_config.to_dict()}, "
+                f"not {keyword.to_dict()}. One directory has one keyword index: open it with the same settings "
+                f"(or leave keyword unset), or close the other user first."
             )
         return store
 

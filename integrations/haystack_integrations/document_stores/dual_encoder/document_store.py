@@ -9,6 +9,7 @@ from haystack_integrations.document_stores.dual_encoder.contract_adapter import 
 
 from dual_encoder.embedded import open_embedded_store
 from dual_encoder.errors import ConfigurationError
+from dual_encoder.keyword import KeywordConfig, keyword_config_of
 
 
 class EmbeddedDocumentStore(ContractDocumentStore):
@@ -30,12 +31,20 @@ class EmbeddedDocumentStore(ContractDocumentStore):
     :param similarity: ``"cosine"`` (scores are cosine similarities in [-1, 1]) or ``"dot"`` (raw dot
         products). ``None`` takes the similarity saved at ``path``, or cosine for a new store.
     :param approximate_threshold: From this many embedded documents on, searches that do not ask for exact
-        results use the approximate (HNSW) index; below it every search is exact. ``None`` keeps the default
+        results use the approximate index; below it every search is exact. ``None`` keeps the default
         (``dual_encoder.embedded.DEFAULT_APPROXIMATE_THRESHOLD``).
+    :param keyword: How keyword (BM25) search tokenises and scores: a :class:`dual_encoder.keyword.KeywordConfig`
+        or a dict of its fields (``stemmer``, ``stopwords``, ``pattern``, ``k1``, ``b``).
+        ``None`` keeps the settings saved with the store (English stemming and stopwords for a new one); other
+        settings are saved with the store and rebuild its keyword index.
     """
 
     def __init__(
-        self, path: str | None = None, similarity: str | None = None, approximate_threshold: int | None = None
+        self,
+        path: str | None = None,
+        similarity: str | None = None,
+        approximate_threshold: int | None = None,
+        keyword: dict[str, Any] | KeywordConfig | None = None,
     ) -> None:
         if approximate_threshold is not None and (isinstance(approximate_threshold, bool) or approximate_threshold < 0):
             raise ConfigurationError(
@@ -45,14 +54,19 @@ class EmbeddedDocumentStore(ContractDocumentStore):
         self.path = path
         self.similarity = similarity
         self.approximate_threshold = approximate_threshold
-        self.store = open_embedded_store(path, similarity=similarity)
+        self.keyword = keyword_config_of(keyword)
+        self.store = open_embedded_store(path, similarity=similarity, keyword=self.keyword)
         if approximate_threshold is not None:
             # The store is shared by every opener of the directory in this process; the last setting wins.
             self.store.approximate_threshold = approximate_threshold
 
     def to_dict(self) -> dict[str, Any]:
         return default_to_dict(
-            self, path=self.path, similarity=self.similarity, approximate_threshold=self.approximate_threshold
+            self,
+            path=self.path,
+            similarity=self.similarity,
+            approximate_threshold=self.approximate_threshold,
+            keyword=None if self.keyword is None else self.keyword.to_dict(),
         )
 
     @classmethod
