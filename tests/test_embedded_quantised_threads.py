@@ -16,6 +16,7 @@ pytest.importorskip("faiss")
 
 import faiss
 
+from dual_encoder import cpus
 from dual_encoder.embedded import quantised
 from dual_encoder.embedded.quantised import TWO_THREAD_MIN_ROWS, QuantisedVectors
 
@@ -244,11 +245,11 @@ def test_one_usable_cpu_means_one_thread(monkeypatch):
     assert codes.two_thread_scans == 0
     # Two CPUs in the affinity mask but a cgroup quota of one CPU: still one.
     monkeypatch.setattr(quantised.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    monkeypatch.setattr(quantised, "_cpu_quota", lambda: 1.0)
+    monkeypatch.setattr(cpus, "cgroup_cpu_quota", lambda: 1.0)
     assert quantised.usable_cpus() == 1
     assert codes.candidates(matrix[6], 10, np.ones(len(matrix), bool)) is not None
     assert codes.two_thread_scans == 0
-    monkeypatch.setattr(quantised, "_cpu_quota", lambda: 1.5)
+    monkeypatch.setattr(cpus, "cgroup_cpu_quota", lambda: 1.5)
     assert quantised.usable_cpus() == 2
 
 

@@ -8,7 +8,7 @@ from importlib import resources
 import numpy as np
 import pytest
 
-from dual_encoder import acceleration
+from dual_encoder import acceleration, cpus
 from dual_encoder.acceleration import CpuLayout, cpu_layout, resolve_backend
 from dual_encoder.config import BACKENDS, EncoderConfig
 from dual_encoder.encoder import DualEncoder
@@ -208,8 +208,8 @@ def test_cpu_layout_counts_logical_cpus_that_share_a_core(
     import torch
 
     _fake_topology(tmp_path, cores_of_cpus)
-    monkeypatch.setattr(acceleration, "_affinity", lambda: list(range(len(cores_of_cpus))))
-    monkeypatch.setattr(acceleration, "_cgroup_cpu_quota", lambda: None)
+    monkeypatch.setattr(cpus, "affinity", lambda: list(range(len(cores_of_cpus))))
+    monkeypatch.setattr(cpus, "cgroup_cpu_quota", lambda: None)
     monkeypatch.setattr(torch, "get_num_threads", lambda: torch_threads)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
@@ -220,8 +220,8 @@ def test_cpu_layout_respects_a_cgroup_quota(tmp_path, monkeypatch):
     import torch
 
     _fake_topology(tmp_path, list(range(8)))
-    monkeypatch.setattr(acceleration, "_affinity", lambda: list(range(8)))
-    monkeypatch.setattr(acceleration, "_cgroup_cpu_quota", lambda: 1.5)
+    monkeypatch.setattr(cpus, "affinity", lambda: list(range(8)))
+    monkeypatch.setattr(cpus, "cgroup_cpu_quota", lambda: 1.5)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
     assert cpu_layout(topology_root=tmp_path) == CpuLayout(logical_cpus=2, physical_cores=2, inference_threads=2)
 

@@ -41,7 +41,6 @@ import functools
 import importlib
 import inspect
 import logging
-import math
 import os
 import sys
 import threading
@@ -52,6 +51,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dual_encoder import cpus
 from dual_encoder.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -155,33 +155,7 @@ class CpuLayout:
 
     def describe(self) -> dict[str, Any]:
         """The layout and how it was found, as JSON-safe values (for benchmarks and bug reports)."""
-        return {**asdict(self), "cpu_quota": _cgroup_cpu_quota(), "affinity": len(_affinity())}
-
-
-def _affinity() -> list[int]:
-    try:
-        return sorted(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return list(range(os.cpu_count() or 1))
-
-
-def _cgroup_cpu_quota() -> float | None:
-    """CPUs' worth of time the process's cgroup may use (cgroup v2 ``cpu.max``, v1 ``cfs_quota_us``)."""
-    candidates = [
-        ("/sys/fs/cgroup/cpu.max", None),
-        ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us"),
-    ]
-    for quota_file, period_file in candidates:
-        try:
-            text = Path(quota_file).read_text().split()
-            if period_file is not None:
-                text.append(Path(period_file).read_text().strip())
-        except OSError:
-            continue
-        if len(text) >= 2 and text[0] not in ("max", "-1"):
-            return int(text[0]) / int(text[1])
-        return None
-    return None
+        return {**asdict(self), "cpu_quota": cpus.cgroup_cpu_quota(), "affinity": len(cpus.affinity())}
 
 
 def cpu_layout(topology_root: Path = Path("/sys/devices/system/cpu")) -> CpuLayout:
@@ -189,19 +163,16 @@ def cpu_layout(topology_root: Path = Path("/sys/devices/system/cpu")) -> CpuLayo
     (read from ``topology_root``, Linux's sysfs)."""
     import torch
 
-    cpus = _affinity()
+    allowed = cpus.affinity()
     cores = set()
-    for cpu in cpus:
+    for cpu in allowed:
         topology = topology_root / f"cpu{cpu}" / "topology"
         try:
             package = (topology / "physical_package_id").read_text().strip()
             cores.add((package, (topology / "core_id").read_text().strip()))
         except OSError:  # no sysfs topology: every logical CPU is its own core
             cores.add(("cpu", str(cpu)))
-    logical = len(cpus)
-    quota = _cgroup_cpu_quota()
-    if quota is not None:
-        logical = max(1, min(logical, math.ceil(quota)))
+    logical = cpus.usable_cpus()
     physical = max(1, min(len(cores), logical))
     threads = max(1, torch.get_num_threads())
     if threads == physical < logical and not (os.environ.get("OMP_NUM_THREADS") or os.environ.get("MKL_NUM_THREADS")):

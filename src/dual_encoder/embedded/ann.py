@@ -69,7 +69,7 @@ from typing import Any
 
 import numpy as np
 
-from dual_encoder.embedded.quantised import usable_cpus
+from dual_encoder.cpus import usable_cpus
 from dual_encoder.embedded.storage import checked_rows, load_checked_arrays, save_arrays_atomically
 
 try:

@@ -70,7 +70,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -83,6 +82,7 @@ from typing import Any
 
 import numpy as np
 
+from dual_encoder.cpus import usable_cpus
 from dual_encoder.embedded.storage import checked_rows, load_checked_arrays, save_arrays_atomically
 
 try:
@@ -90,7 +90,7 @@ try:
 except ImportError as error:  # pragma: no cover - faiss-cpu is a dependency
     raise ImportError("dual_encoder.embedded.quantised needs faiss-cpu: pip install 'faiss-cpu>=1.15,<1.16'") from error
 
-__all__ = ["TWO_THREAD_MIN_ROWS", "QuantisedVectors", "usable_cpus"]
+__all__ = ["TWO_THREAD_MIN_ROWS", "QuantisedVectors"]
 
 _FORMAT = "dual-encoder-quantised-vectors"
 _FORMAT_VERSION = 1
@@ -766,23 +766,6 @@ def _forget_helper_after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_helper_after_fork)
-
-
-def usable_cpus() -> int:
-    """CPUs this process may use: its affinity mask, capped by its cgroup's CPU quota."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    quota = _cpu_quota()
-    return max(1, min(cpus, math.ceil(quota))) if quota is not None else max(1, cpus)
-
-
-@functools.cache
-def _cpu_quota() -> float | None:
-    from dual_encoder.acceleration import _cgroup_cpu_quota
-
-    return _cgroup_cpu_quota()
 
 
 def _read_codes(path: Path, out: np.ndarray) -> None:
