@@ -86,3 +86,23 @@ def test_the_haystack_store_keeps_the_settings_in_yaml(tmp_path):
     assert data["init_parameters"]["keyword"] == KeywordConfig(stemmer=None, k1=1.2).to_dict()
     assert EmbeddedDocumentStore.from_dict(data).store is store.store
     assert EmbeddedDocumentStore(path=None).to_dict()["init_parameters"]["keyword"] is None
+
+
+def test_haystack_keyword_retrieval_follows_the_settings_sync_and_async(tmp_path):
+    import asyncio
+
+    from haystack import Document
+    from haystack_integrations.components.retrievers.dual_encoder import DualEncoderKeywordRetriever
+    from haystack_integrations.document_stores.dual_encoder import EmbeddedDocumentStore
+
+    documents = [Document(id=record.id, content=record.content) for record in RECORDS]
+    stemmed = EmbeddedDocumentStore(path=str(tmp_path / "stemmed"))
+    plain = EmbeddedDocumentStore(path=str(tmp_path / "plain"), keyword=NO_STEMMING)
+    found = {}
+    for name, store in (("stemmed", stemmed), ("plain", plain)):
+        store.write_documents(documents)
+        retriever = DualEncoderKeywordRetriever(document_store=store, top_k=5)
+        sync = retriever.run(query="running")["documents"]
+        assert asyncio.run(retriever.run_async(query="running"))["documents"] == sync
+        found[name] = [document.id for document in sync]
+    assert found == {"stemmed": ["runs"], "plain": []}
