@@ -36,6 +36,7 @@ from dual_encoder.fingerprint import DOCUMENT_SPACE_META_KEY, EMBEDDED_INPUT_MET
 from dual_encoder.fusion import FusionMethod
 from dual_encoder.fusion_tuning import resolve_fusion
 from dual_encoder.hybrid import DEFAULT_FUSION, DEFAULT_WEIGHT, hybrid_search, validate_hybrid
+from dual_encoder.keyword import KeywordConfig
 from dual_encoder.mmr import mmr
 from dual_encoder.stores import (
     DuplicatePolicy,
@@ -121,7 +122,7 @@ class DualEncoderVectorStore(VectorStore):
         path: str | None = None,
         *,
         similarity: str | None = None,
-        keyword: Mapping[str, Any] | None = None,
+        keyword: KeywordConfig | Mapping[str, Any] | None = None,
     ) -> DualEncoderVectorStore:
         """A vector store over the embedded store at ``path`` (created if missing; ``None``: in memory only).
 

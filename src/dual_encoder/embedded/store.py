@@ -223,7 +223,6 @@ class EmbeddedStore(KeywordSearchMixin, Store):
         )
         self._requested_similarity = similarity
         self._requested_keyword = keyword_config_of(keyword)
-        self.keyword_config = self._requested_keyword or KeywordConfig()
         self._lock = threading.RLock()
         self._connection: sqlite3.Connection | None = None
         self._vectors: VectorFile | None = None
@@ -304,6 +303,7 @@ class EmbeddedStore(KeywordSearchMixin, Store):
             self._remove_orphan_vector_files()
 
     def _settle_keyword_config(self, info: dict[str, Any]) -> None:
+        """The keyword settings: the requested ones (saved when they differ from the store's), else the saved."""
         saved = KeywordConfig.from_dict(info["keyword"]) if info.get("keyword") else KeywordConfig()
         requested = self._requested_keyword
         if requested is None or requested == saved:
@@ -312,7 +312,6 @@ class EmbeddedStore(KeywordSearchMixin, Store):
         # Saved before the keyword index reads it, so every later opener (and this one's rebuild) agrees.
         with self._writer.held():
             self._transaction(lambda: write_info(self._db, {"keyword": requested.to_dict()}))
-        info["keyword"] = requested.to_dict()
         self.keyword_config = requested
 
     def _create_info(self) -> dict[str, Any]:
