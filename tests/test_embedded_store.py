@@ -190,6 +190,42 @@ def test_exact_search_matches_numpy(tmp_path, similarity):
     store.close()
 
 
+def test_searches_between_changes_see_exactly_the_current_documents(store):
+    """Search keeps the searchable-slot mask between calls; every kind of change must show in the next search."""
+    probe = np.ones(DIM, np.float32)
+
+    def searched() -> set[str]:
+        return {hit.record.id for hit in store.vector_search(probe, top_k=5000, exact=True).hits}
+
+    store.upsert(_records(30))
+    assert searched() == {f"doc-{i}" for i in range(30)}
+    store.delete(["doc-3", "doc-4"])
+    assert searched() == {f"doc-{i}" for i in range(30)} - {"doc-3", "doc-4"}
+    store.upsert([StoredRecord(id="doc-5", content="now without a vector")], policy=DuplicatePolicy.OVERWRITE)
+    assert "doc-5" not in searched()
+    store.upsert(_records(1, seed=4, start=3))  # a freed slot is reused
+    assert "doc-3" in searched() and "doc-4" not in searched()
+    store.upsert(_records(3000, seed=5, start=100))  # the per-slot arrays grow
+    assert len(searched()) == 28 + 3000
+    store.delete_all()
+    assert searched() == set()
+    store.upsert(_records(2, seed=6))
+    assert searched() == {"doc-0", "doc-1"}
+
+
+def test_a_search_sees_what_another_instance_changed_since_its_last_search(tmp_path):
+    writer, reader = EmbeddedStore(tmp_path / "s"), EmbeddedStore(tmp_path / "s")
+    probe = np.ones(DIM, np.float32)
+    writer.upsert(_records(20))
+    assert len(reader.vector_search(probe, top_k=100).hits) == 20
+    writer.delete(["doc-7"])
+    assert "doc-7" not in {hit.record.id for hit in reader.vector_search(probe, top_k=100).hits}
+    writer.upsert(_records(5, seed=2, start=50))
+    assert len(reader.vector_search(probe, top_k=100).hits) == 24
+    writer.close()
+    reader.close()
+
+
 def test_ties_are_broken_by_insertion_order(store):
     vector = np.ones(DIM, np.float32)
     store.upsert([StoredRecord(id=f"t{i}", embedding=vector) for i in range(20)])

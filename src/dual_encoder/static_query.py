@@ -174,7 +174,8 @@ class StaticQueryEncoder:
     ) -> None:
         if table.ndim != 2 or table.dtype != np.float32:
             raise ConfigurationError(f"The static query table of '{name}' must be a 2-d float32 array.")
-        self.table = table
+        # A plain ndarray over the same memory: numpy's memmap subclass makes every row gather slower.
+        self.table = table.view(np.ndarray)
         self.prompt = prompt
         self.normalize = normalize
         self.name = name

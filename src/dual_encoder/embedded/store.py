@@ -210,6 +210,8 @@ class EmbeddedStore(KeywordSearchMixin, Store):
         if lock_timeout < 0:
             raise ConfigurationError(f"lock_timeout must be >= 0 seconds, got {lock_timeout!r}.")
         self.path: Path | None = Path(path).expanduser() if path is not None else None
+        # Kept, not derived per use: every search names it several times (error context), and a Path join costs.
+        self._database_file: Path | None = self.path / DATABASE_FILE if self.path is not None else None
         self.location = (
             f"the embedded store at '{self.path}'" if self.path is not None else "the in-memory embedded store"
         )
@@ -234,6 +236,7 @@ class EmbeddedStore(KeywordSearchMixin, Store):
         self._checkpoint_generation = -1
         # The generation of each derived index's saved file (by attribute), once this process saved or loaded it.
         self._saved_generation: dict[str, int] = {}
+        self._searchable_cache: tuple[tuple[int, int, int], np.ndarray, int] | None = None
         self._allocate_arrays(0)
         self._columns: Any = None
         self._columns_on_demand = False
@@ -247,10 +250,6 @@ class EmbeddedStore(KeywordSearchMixin, Store):
         self._open()
 
     # ------------------------------------------------------------------------------------ opening
-    @property
-    def _database_file(self) -> Path | None:
-        return self.path / DATABASE_FILE if self.path is not None else None
-
     @property
     def _db(self) -> sqlite3.Connection:
         """The open database connection; only valid after :meth:`_ready` (or :meth:`_open`)."""
@@ -345,6 +344,7 @@ class EmbeddedStore(KeywordSearchMixin, Store):
             )
 
     def _allocate_arrays(self, capacity: int) -> None:
+        self._arrays_epoch = getattr(self, "_arrays_epoch", 0) + 1
         self._live = np.zeros(capacity, dtype=bool)
         self._has_vector = np.zeros(capacity, dtype=bool)
         self._seq = np.zeros(capacity, dtype=np.int64)
@@ -358,6 +358,7 @@ class EmbeddedStore(KeywordSearchMixin, Store):
         if rows <= capacity:
             return
         new_capacity = max(rows, capacity + capacity // 2, 1024)
+        self._arrays_epoch += 1
         for name in ("_live", "_has_vector", "_seq", "_inv_norms", "_slot_gen"):
             old = getattr(self, name)
             grown = np.zeros(new_capacity, dtype=old.dtype)
@@ -923,6 +924,20 @@ class EmbeddedStore(KeywordSearchMixin, Store):
         assert result is not None
         return result
 
+    def _searchable(self) -> tuple[np.ndarray, int]:
+        """The slots a search may return (live, with a vector) over ``[0, end)``, and how many there are.
+
+        Kept until the next change: at a million slots each pass over the flags costs a search a fraction of a
+        millisecond, and a search needs the mask and its count several times. Every change to the flags comes
+        with a new generation or new arrays, which is the key. Read-only: callers combine, never modify it.
+        Call under ``_lock``."""
+        key = (self._generation, self._end, self._arrays_epoch)
+        if self._searchable_cache is None or self._searchable_cache[0] != key:
+            mask = self._live[: self._end] & self._has_vector[: self._end]
+            mask.flags.writeable = False
+            self._searchable_cache = (key, mask, int(np.count_nonzero(mask)))
+        return self._searchable_cache[1], self._searchable_cache[2]
+
     def _search_once(
         self, vector: np.ndarray, top_k: int, filters: Mapping[str, Any] | None, exact: bool | None, *, locked: bool
     ) -> SearchResult | None:
@@ -935,17 +950,30 @@ class EmbeddedStore(KeywordSearchMixin, Store):
             end = min(end, self._vectors.matrix.shape[0])
             matrix, inv_norms, seq = self._vectors.matrix[:end], self._inv_norms[:end], self._seq[:end]
             scattered = self._vectors.scattered_rows[:end]
-            valid = self._live[:end] & self._has_vector[:end]
+            searchable, embedded = self._searchable()
+            valid = searchable[:end]
             if filters is not None:
-                valid &= self._filter_mask(filters, end)
-            found = self._approximate(vector, top_k, valid, exact, filters is not None)
+                valid = valid & self._filter_mask(filters, end)
+            found = self._approximate(vector, top_k, valid, exact, filters is not None, embedded)
+            # The count is known without another pass unless a filter or a short vector file narrowed the rows.
+            allowed = embedded if filters is None and end == self._end else None
             quantised = self._quantised_index() if found is None else None
         method: SearchMethod = "approximate" if found is not None else "exact"
         examined: list[np.ndarray] = []
         if found is None:
             # The long part runs without the lock, so searches overlap each other and writes.
             found = _exact_top(
-                matrix, inv_norms, seq, valid, vector, top_k, self.similarity, quantised, examined, scattered=scattered
+                matrix,
+                inv_norms,
+                seq,
+                valid,
+                vector,
+                top_k,
+                self.similarity,
+                quantised,
+                examined,
+                scattered=scattered,
+                allowed=allowed,
             )
         slots, scores = found
         with self._lock:
@@ -979,15 +1007,15 @@ class EmbeddedStore(KeywordSearchMixin, Store):
 
     # ------------------------------------------------------------------------------- approximate index
     def _approximate(
-        self, vector: np.ndarray, top_k: int, valid: np.ndarray, exact: bool | None, filtered: bool
+        self, vector: np.ndarray, top_k: int, valid: np.ndarray, exact: bool | None, filtered: bool, embedded: int
     ) -> tuple[np.ndarray, np.ndarray] | None:
-        """Candidates from the ANN index, rescored exactly; ``None`` when exact search should answer."""
+        """Candidates from the ANN index, rescored exactly; ``None`` when exact search should answer.
+        ``embedded``: how many slots are searchable, ``valid`` those a filter also allows."""
         if exact is True:
             return None
-        embedded = int(np.count_nonzero(self._live[: self._end] & self._has_vector[: self._end]))
         if exact is None and embedded < self.approximate_threshold:
             return None
-        allowed = int(np.count_nonzero(valid))
+        allowed = int(np.count_nonzero(valid)) if filtered else embedded
         if allowed == 0:
             return None
         index = self._ann_index()
@@ -1302,7 +1330,7 @@ class EmbeddedStore(KeywordSearchMixin, Store):
                     )
             try:
                 record = StoredRecord(
-                    id=record_id, content=content, meta=json.loads(meta), embedding=embedding, extra=json.loads(extra)
+                    id=record_id, content=content, meta=_loads(meta), embedding=embedding, extra=_loads(extra)
                 )
             except ValueError as error:
                 raise StoreFormatError(
@@ -1381,6 +1409,7 @@ def _exact_top(
     examined: list[np.ndarray] | None = None,
     *,
     scattered: np.ndarray | None = None,
+    allowed: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Slots and scores of the ``top_k`` best valid rows: higher score first, then lower ``seq``.
 
@@ -1388,9 +1417,11 @@ def _exact_top(
     codes are scanned first and only the rows that can be in the top k are scored; the result is the same.
     Those rows are appended to ``examined``: a write that changed one of them while the search ran may have
     misled the first pass, so the caller searches again. ``scattered`` (the same rows as ``matrix``, mapped for
-    reading a few scattered rows) is where the rows the first pass leaves are read from."""
+    reading a few scattered rows) is where the rows the first pass leaves are read from. ``allowed``: the number
+    of true entries in ``valid``, when the caller knows it."""
     end = matrix.shape[0]
-    allowed = int(np.count_nonzero(valid))
+    if allowed is None:
+        allowed = int(np.count_nonzero(valid))
     k = min(top_k, allowed)
     if k == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
@@ -1488,18 +1519,37 @@ def _inverse(norm: float) -> float:
     return 1.0 / norm if norm > 0 else 0.0
 
 
-_blas_controller = None
+_blas_libraries: list[Any] | None = None
 
 
 def _blas_threads_for(elements: int) -> contextlib.AbstractContextManager[Any]:
-    global _blas_controller
+    """One BLAS thread for a product of at most ``_SINGLE_THREAD_MAX_ELEMENTS`` (see its comment); larger ones keep
+    the libraries' own thread counts."""
+    global _blas_libraries
     if elements > _SINGLE_THREAD_MAX_ELEMENTS:
         return contextlib.nullcontext()
-    if _blas_controller is None:
+    if _blas_libraries is None:
         from threadpoolctl import ThreadpoolController
 
-        _blas_controller = ThreadpoolController().select(user_api="blas")
-    return _blas_controller.limit(limits=1)
+        _blas_libraries = list(ThreadpoolController().select(user_api="blas").lib_controllers)
+    return _one_blas_thread(_blas_libraries)
+
+
+@contextlib.contextmanager
+def _one_blas_thread(libraries: list[Any]) -> Iterator[None]:
+    # The libraries' own getters and setters: threadpoolctl's `limit` re-reads every library's state on each
+    # entry, which added a tenth to a SciFact-sized product (benchmarks/README.md, "Static query tower").
+    lowered = []
+    for library in libraries:
+        threads = library.get_num_threads()
+        if threads != 1:
+            library.set_num_threads(1)
+            lowered.append((library, threads))
+    try:
+        yield
+    finally:
+        for library, threads in lowered:
+            library.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------------------------------- helpers
