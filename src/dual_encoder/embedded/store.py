@@ -237,6 +237,7 @@ class EmbeddedStore(KeywordSearchMixin, Store):
         # The generation of each derived index's saved file (by attribute), once this process saved or loaded it.
         self._saved_generation: dict[str, int] = {}
         self._searchable_cache: tuple[tuple[int, int, int], np.ndarray, int] | None = None
+        self._arrays_epoch = 0  # counts reallocations of the per-slot arrays (part of that cache's key)
         self._allocate_arrays(0)
         self._columns: Any = None
         self._columns_on_demand = False
@@ -344,7 +345,7 @@ class EmbeddedStore(KeywordSearchMixin, Store):
             )
 
     def _allocate_arrays(self, capacity: int) -> None:
-        self._arrays_epoch = getattr(self, "_arrays_epoch", 0) + 1
+        self._arrays_epoch += 1
         self._live = np.zeros(capacity, dtype=bool)
         self._has_vector = np.zeros(capacity, dtype=bool)
         self._seq = np.zeros(capacity, dtype=np.int64)
@@ -684,7 +685,7 @@ class EmbeddedStore(KeywordSearchMixin, Store):
     def _check_record(self, record: StoredRecord) -> None:
         check_json_safe(record)
 
-    def _write(self, records: Sequence[StoredRecord], policy: DuplicatePolicy) -> None:  # noqa: PLR0912
+    def _write(self, records: Sequence[StoredRecord], policy: DuplicatePolicy) -> None:
         if not records:
             return
         with self._lock, self._writer.held():
@@ -806,13 +807,17 @@ class EmbeddedStore(KeywordSearchMixin, Store):
             )
             if bulk or generation - max(self._checkpoint_generation, 0) >= _CHECKPOINT_EVERY_GENERATIONS:
                 self._write_checkpoint()
-            if bulk and self._ann is None and not self._ann_unavailable and self._vectors is not None:
-                # An ingestion that takes the store past the threshold builds the approximate index as it goes
-                # (then every write keeps it current). A small write never pays for a build: the first
-                # approximate search loads the saved index and replays the change log, or builds it.
-                embedded = int(np.count_nonzero(self._live[:top] & self._has_vector[:top]))
-                if embedded >= self.approximate_threshold:
-                    self._ann_index()
+            # An ingestion that takes the store past the threshold builds the approximate index as it goes
+            # (then every write keeps it current). A small write never pays for a build: the first
+            # approximate search loads the saved index and replays the change log, or builds it.
+            if (
+                bulk
+                and self._ann is None
+                and not self._ann_unavailable
+                and self._vectors is not None
+                and self._searchable()[1] >= self.approximate_threshold
+            ):
+                self._ann_index()
             if bulk and self._quantised is None:
                 self._quantised_index()  # builds the codes once the store is large enough
             if bulk:
@@ -1056,7 +1061,7 @@ class EmbeddedStore(KeywordSearchMixin, Store):
         if index is None:
             # The index rescoring reads the store's own matrix: no second float32 copy.
             index = ApproximateIndex(self._vectors.dimension, self.similarity, vectors=self._ann_rows)
-            slots = np.flatnonzero(self._live[: self._end] & self._has_vector[: self._end])
+            slots = np.flatnonzero(self._searchable()[0])
             for start in range(0, len(slots), 65_536):
                 block = slots[start : start + 65_536]
                 index.add(block, np.asarray(self._vectors.matrix[block], dtype=np.float32))
@@ -1194,7 +1199,8 @@ class EmbeddedStore(KeywordSearchMixin, Store):
         end = self._end
         if end < self.quantised_threshold:
             return None
-        embedded = np.flatnonzero(self._live[:end] & self._has_vector[:end])
+        searchable, _ = self._searchable()
+        embedded = np.flatnonzero(searchable)
         if len(embedded) < self.quantised_threshold:
             return None
         try:
@@ -1203,7 +1209,7 @@ class EmbeddedStore(KeywordSearchMixin, Store):
             self._quantised_unavailable = True
             return None
         index = self._load_saved(_EXACT_SEARCH_CODES, QuantisedVectors)
-        if index is not None and not np.array_equal(index.encoded(end), self._live[:end] & self._has_vector[:end]):
+        if index is not None and not np.array_equal(index.encoded(end), searchable):
             logger.warning(
                 "Rebuilding the exact-search codes of %s: the saved ones do not match the documents.", self.location
             )
