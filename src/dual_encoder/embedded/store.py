@@ -959,9 +959,10 @@ class EmbeddedStore(KeywordSearchMixin, Store):
             valid = searchable[:end]
             if filters is not None:
                 valid = valid & self._filter_mask(filters, end)
-            found = self._approximate(vector, top_k, valid, exact, filters is not None, embedded)
-            # The count is known without another pass unless a filter or a short vector file narrowed the rows.
-            allowed = embedded if filters is None and end == self._end else None
+            # Counted once for both ways of searching; known without a pass unless a filter or a short vector
+            # file narrowed the rows.
+            allowed = embedded if filters is None and end == self._end else int(np.count_nonzero(valid))
+            found = self._approximate(vector, top_k, valid, exact, filters is not None, embedded, allowed)
             quantised = self._quantised_index() if found is None else None
         method: SearchMethod = "approximate" if found is not None else "exact"
         examined: list[np.ndarray] = []
@@ -1012,15 +1013,21 @@ class EmbeddedStore(KeywordSearchMixin, Store):
 
     # ------------------------------------------------------------------------------- approximate index
     def _approximate(
-        self, vector: np.ndarray, top_k: int, valid: np.ndarray, exact: bool | None, filtered: bool, embedded: int
+        self,
+        vector: np.ndarray,
+        top_k: int,
+        valid: np.ndarray,
+        exact: bool | None,
+        filtered: bool,
+        embedded: int,
+        allowed: int,
     ) -> tuple[np.ndarray, np.ndarray] | None:
         """Candidates from the ANN index, rescored exactly; ``None`` when exact search should answer.
-        ``embedded``: how many slots are searchable, ``valid`` those a filter also allows."""
+        ``embedded``: how many slots are searchable; ``allowed``: how many of them ``valid`` keeps."""
         if exact is True:
             return None
         if exact is None and embedded < self.approximate_threshold:
             return None
-        allowed = int(np.count_nonzero(valid)) if filtered else embedded
         if allowed == 0:
             return None
         index = self._ann_index()
