@@ -460,6 +460,23 @@ def test_the_step_budget_binds(run_that_cannot_improve):
     assert [row["step"] for row in report["guard"]["checkpoints"]] == [1, 2]
 
 
+@pytest.mark.parametrize(
+    ("precision", "native", "warned"), [("bf16", False, True), ("bf16", True, False), ("fp32", False, False)]
+)
+def test_the_plan_warns_when_bf16_would_be_emulated(monkeypatch, precision, native, warned):
+    from dual_encoder.training import trainer
+
+    monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda: native)
+    plan = {
+        "training_pairs": 10, "training_queries": 10, "positives_per_query_mean": 1, "positives_per_query_max": 1,
+        "batch_size": 2, "steps_per_epoch": 5, "budget_binds": False, "budget_steps": 120, "steps": 5,
+        "dev_queries": 0,
+    }  # fmt: skip
+    text = trainer._plan_text(plan, TrainingConfig(data="unused", output="unused"), precision)
+    assert f"Precision: {precision}." in text
+    assert ("bf16 is emulated" in text and "--precision auto" in text) is warned
+
+
 # ----------------------------------------------------------------------------------- the guard's arithmetic
 def _scores(step: int, ndcg: list[float]) -> DevScores:
     values = np.array(ndcg)

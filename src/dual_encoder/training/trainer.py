@@ -645,6 +645,13 @@ def _plan_text(plan: dict[str, Any], config: TrainingConfig, precision: str) -> 
     else:
         lines.append("No dev slice: the trained model cannot be checked against the base model and is saved as is.")
     lines.append(f"Precision: {precision}. The time estimate follows after the first steps.")
+    if precision == "bf16" and not cpu_has_native_bf16():
+        # Measured on an AVX2-only CPU: GIST's steps took minutes each in emulated bf16 (21 s in fp32).
+        lines.append(
+            "This CPU has no native bfloat16 (AVX-512 BF16 or AMX), so bf16 is emulated: training runs slower than "
+            "in fp32, some losses (GIST) many times slower. Use --precision auto (fp32 here) unless you measured "
+            "otherwise."
+        )
     return "\n".join(lines)
 
 
