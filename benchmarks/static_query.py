@@ -16,7 +16,9 @@ process with each tower.
    nDCG@10 over the same index, and their ratio.
 3. Latency, in one run, the two towers alternating per round over the test queries: query encoding
    (``DualEncoder.encode_query``) and text to top-10 Documents through ``DualEncoderRetriever`` +
-   ``StoreEmbeddingRetriever`` over ``EmbeddedDocumentStore``.
+   ``StoreEmbeddingRetriever`` over ``EmbeddedDocumentStore``; and, in the same rounds, two parts of the static
+   tower's search: the store's search for an already encoded query, and the bare float32 product over the store's
+   matrix (one BLAS thread, as the store runs it), so a slow run shows whether the code or the machine was slow.
 4. Memory: a fresh process per tower and path loads the model and the index and answers the test queries; its peak
    RSS and whether it imported torch. Paths: ``core`` (``DualEncoder`` + the embedded store, no framework) and
    ``haystack`` (the retriever above; Haystack imports torch by itself when it is installed), plus, for the static
@@ -243,6 +245,8 @@ def latency(document_model: str, model: str, index: Path, queries: list[str], ro
     from haystack_integrations.components.retrievers.dual_encoder import DualEncoderRetriever, StoreEmbeddingRetriever
     from haystack_integrations.document_stores.dual_encoder import EmbeddedDocumentStore
 
+    from dual_encoder.embedded.store import _blas_threads_for
+
     store = EmbeddedDocumentStore(path=str(index))
     encoders = {"full_tower": DualEncoder(document_model), "static_query": DualEncoder(model)}
     retrievers = {
@@ -257,6 +261,13 @@ def latency(document_model: str, model: str, index: Path, queries: list[str], ro
         retrievers[name].run(query="warm up")
     encoding: dict[str, list[float]] = {name: [] for name in encoders}
     search: dict[str, list[float]] = {name: [] for name in encoders}
+    # Where the static tower's text-to-top-10 goes, measured beside it: the store's search for a given vector,
+    # and the bare float32 product that search cannot avoid (the store's own matrix, one BLAS thread, as the
+    # store runs it). On a shared host the product's cost follows the neighbours' use of the memory system.
+    static_vectors = [encoders["static_query"].encode_query(query) for query in queries]
+    matrix = store.store._vectors.matrix[: store.count_documents()]  # the rows the store scans
+    store_search: list[float] = []
+    bare_product: list[float] = []
     load = [load_average()]
     for _ in range(rounds):
         for name in encoders:
@@ -270,10 +281,23 @@ def latency(document_model: str, model: str, index: Path, queries: list[str], ro
                 search[name].append((time.perf_counter() - started) * 1000)
                 if len(found) != min(10, store.count_documents()):
                     raise RuntimeError(f"{name} returned {len(found)} documents for {query!r}, not the top 10.")
+        for vector in static_vectors:
+            as_list = vector.tolist()
+            started = time.perf_counter()
+            store.embedding_retrieval(query_embedding=as_list, top_k=10)
+            store_search.append((time.perf_counter() - started) * 1000)
+            with _blas_threads_for(matrix.size):
+                started = time.perf_counter()
+                matrix @ vector
+                bare_product.append((time.perf_counter() - started) * 1000)
         load.append(load_average())
     result = {
         "query_encoding": {name: summary(values) for name, values in encoding.items()},
         "text_to_top10": {name: summary(values) for name, values in search.items()},
+        "static_query_parts": {
+            "store_search_of_the_vector": summary(store_search),
+            "bare_float32_product": summary(bare_product),
+        },
         "rounds": rounds,
         "queries": len(queries),
         "documents_in_index": store.count_documents(),
