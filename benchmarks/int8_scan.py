@@ -61,8 +61,6 @@ class Int8Scan:
         self.codes = codes
         self.step = width.astype(np.float64) / 255
         self.lower = lower.astype(np.float64)
-        self._helper_ready = threading.Event()
-        self._job: tuple | None = None
 
     def weights(self, query: np.ndarray) -> tuple[np.ndarray, float, float, float]:
         """int8 weights, their scale, the constant part of every approximate score, and ``E_w``."""
