@@ -1,7 +1,8 @@
-"""Exact search's quantised first pass on two threads (dual_encoder.embedded.quantised): a scan split into two
-row ranges, scanned at once and merged, gives exactly the one-thread candidates (and the one-range top list) on
-random, tied and adversarial data, with and without filters, for both similarities; a process allowed one CPU
-scans on one thread; concurrent searches neither deadlock nor disagree; a forked child can still use two."""
+"""Exact search's quantised first pass on two threads (dual_encoder.embedded.quantised): a scan cut into chunks
+that two threads take gives exactly the one-thread candidates (and the exact integer dots) on random, tied and
+adversarial data, with and without filters, over the whole code buffer or gathered rows, for both similarities;
+a process allowed one CPU scans on one thread; concurrent searches neither deadlock nor disagree; a forked child
+can still use two."""
 
 from __future__ import annotations
 
@@ -11,10 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-
-pytest.importorskip("faiss")
-
-import faiss
 
 from dual_encoder import cpus
 from dual_encoder.embedded import quantised
@@ -81,7 +78,7 @@ def test_two_threads_give_the_one_thread_candidates_on_random_data(two_cpus, mon
     matrix = rng.standard_normal((20_000, 48)).astype(np.float32)
     matrix[::7] *= 4.0  # lengths differ: dot and cosine rank differently
     codes = _codes(matrix, similarity)
-    # No filter; a filter skipping a few rows (scanned without a bitmap, dropped after); 25 %; 2 %.
+    # No filter; a filter skipping a few rows; 25 %; 2 % (rows gathered).
     for fraction in [1.0, 0.9995, 0.25, 0.02] * 3:
         allowed = rng.random(len(matrix)) < fraction
         query = rng.standard_normal(48).astype(np.float32)
@@ -98,12 +95,6 @@ def test_filters_that_allow_one_end_of_the_rows_split_by_allowed_rows(two_cpus):
         allowed[allowed_range] = True
         allowed[rng.choice(len(matrix), 40, replace=False)] = True  # a few stragglers elsewhere
         _assert_same_and_exact(codes, matrix, rng.standard_normal(32).astype(np.float32), 10, allowed)
-        scanned = allowed.copy()
-        plan = quantised._plan_scan(scanned, int(scanned.sum()), 2)
-        assert plan.bitmap is not None and len(plan.chunks) == 2
-        first = int(scanned[: plan.chunks[0][1]].sum())
-        # Each chunk gets about half the allowed rows, whatever the row ranges would give.
-        assert abs(first - scanned.sum() / 2) <= quantised._CHUNK_ALIGNMENT
 
 
 @pytest.mark.parametrize("similarity", ["cosine", "dot"])
@@ -149,20 +140,18 @@ def test_outliers_and_rows_without_codes_stay_exact_on_two_threads(two_cpus):
         matrix[row] = query * 50
         codes.set_rows(np.array([row]), matrix[row : row + 1])
     assert codes.outliers == 2
-    # Rows that were the best and are then forgotten keep their stale codes: a scan without a bitmap reads
-    # them and must drop them; so must one with a bitmap.
+    # Rows that were the best and are then forgotten keep their stale codes: the scan reads them and must drop
+    # them; so must a scan of gathered rows.
     stale = np.argsort(matrix[:19_000] @ query)[::-1][2:200]
     codes.clear_rows(stale)
     allowed = np.ones(19_000, bool)
     allowed[stale] = False
-    plan = quantised._plan_scan(allowed & ~np.isin(np.arange(19_000), [3, 12_500]), 19_000 - len(stale) - 2, 2)
-    assert plan.bitmap is None and plan.skipped == len(stale) + 2, "few skipped rows: scanned without a bitmap"
     for k in (1, 10, 100):
         candidates = _assert_same_and_exact(codes, matrix[:19_000], query, k, allowed)
         assert candidates is not None and {3, 12_500} <= set(candidates.tolist())
         assert not set(stale.tolist()) & set(candidates.tolist())
-    # Many forgotten rows: skipped through the bitmap instead.
-    many = rng.choice(19_000, 5000, replace=False)
+    # Most rows forgotten: the rest are gathered.
+    many = rng.choice(19_000, 17_000, replace=False)
     many = many[~np.isin(many, [3, 12_500])]
     codes.clear_rows(many)
     allowed[many] = False
@@ -170,63 +159,41 @@ def test_outliers_and_rows_without_codes_stay_exact_on_two_threads(two_cpus):
     assert candidates is not None and not set(many.tolist()) & set(candidates.tolist())
 
 
-def test_excluded_rows_among_the_best_send_a_scan_without_bitmap_back_to_the_bitmap(two_cpus, monkeypatch):
+@pytest.mark.parametrize("similarity", ["cosine", "dot"])
+def test_gathered_rows_give_the_candidates_of_the_whole_buffer(two_cpus, similarity, monkeypatch):
     rng = np.random.default_rng(22)
     matrix = rng.standard_normal((32_000, 32)).astype(np.float32)
+    codes = _codes(matrix, similarity)
+    for fraction in (0.5, 0.1, 0.01):
+        allowed = rng.random(len(matrix)) < fraction
+        query = _unit(rng.standard_normal(32).astype(np.float32), similarity)
+        answers = []
+        for gather_fraction in (1, 10**9):  # never gather, always gather
+            monkeypatch.setattr(quantised, "_GATHER_MAX_FRACTION", gather_fraction)
+            answers.append(_assert_same_and_exact(codes, matrix, query, 10, allowed))
+        np.testing.assert_array_equal(*answers)
+
+
+@pytest.mark.parametrize("dimension", [48, 1100], ids=["float32-dots", "float64-dots"])
+def test_the_chunks_integer_dots_are_the_exact_products(dimension, monkeypatch):
+    # Every chunking, over the whole buffer or gathered rows, gives each row the exact integer dot of its codes.
+    rng = np.random.default_rng(15)
+    matrix = rng.standard_normal((6000, dimension)).astype(np.float32)
     codes = _codes(matrix, "dot")
     book = codes._book
-    query = np.ascontiguousarray(rng.standard_normal(32).astype(np.float32))
-    order = np.argsort(matrix @ query)[::-1]
-    calls = []
-    original = quantised._scan_range
-    monkeypatch.setattr(quantised, "_scan_range", lambda *args: calls.append(args[4] is None) or original(*args))
-    for excluded, threads, rescanned in ((order[:3], 1, False), (order[:400], 1, True), (order[:400], 2, True)):
-        scanned = np.ones(len(matrix), bool)
-        scanned[excluded] = False
-        reference = quantised._plan_scan(scanned, int(scanned.sum()), threads)
-        reference = quantised._ScanPlan(scanned, quantised._packed(scanned), len(excluded), reference.chunks)
-        expected_scores, expected_rows = quantised._scan_top(book, query, reference, 296)
-        plan = quantised._plan_scan(scanned, int(scanned.sum()), threads)
-        assert plan.bitmap is None, "few excluded rows: scanned without a bitmap"
-        calls.clear()
-        scores, rows = quantised._scan_top(book, query, plan, 296)
-        np.testing.assert_array_equal(scores, expected_scores)
-        np.testing.assert_array_equal(rows, expected_rows)
-        assert not set(excluded.tolist()) & set(rows.tolist())
-        # The best rows held more excluded rows than a result has room for: scanned again with the bitmap.
-        assert calls.count(False) == (len(plan.chunks) if rescanned else 0)
-        assert calls.count(True) == len(plan.chunks)
-
-
-@pytest.mark.parametrize("similarity", ["cosine", "dot"])
-def test_the_merged_top_list_is_faiss_own_single_scan(similarity, monkeypatch):
-    # The chunks' merged top `wanted` is the top `wanted` of faiss's own whole-index search: same scores, same
-    # rows apart from which of several rows tied with the last one are kept.
-    rng = np.random.default_rng(15)
-    matrix = rng.standard_normal((10_000, 64)).astype(np.float32)
-    codes = _codes(matrix, similarity)
-    book = codes._book
-    for fraction in (1.0, 0.9995, 0.3):
-        scanned = np.zeros(book.capacity, bool)
-        scanned[: len(matrix)] = rng.random(len(matrix)) < fraction
-        query = np.ascontiguousarray(_unit(rng.standard_normal(64).astype(np.float32), similarity))
-        bitmap = np.packbits(scanned, bitorder="little")
-        selector = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))
-        for wanted in (1, 296, 5000):
-            reference_scores, reference_rows = book.index.search(
-                query[None], wanted, params=faiss.SearchParameters(sel=selector)
-            )
-            valid = reference_rows[0] >= 0  # fewer scanned rows than `wanted`: faiss pads with -1
-            reference_scores, reference_rows = reference_scores[0][valid], reference_rows[0][valid]
-            for threads, chunk_rows, chunks in ((1, 16_384, 1), (2, 16_384, 2), (2, 300, 8)):
-                monkeypatch.setattr(quantised, "_CHUNK_MIN_ROWS", chunk_rows)
-                plan = quantised._plan_scan(scanned[: len(matrix)], int(scanned.sum()), threads)
-                assert len(plan.chunks) == chunks
-                scores, rows = quantised._scan_top(book, query, plan, wanted)
-                np.testing.assert_array_equal(scores, reference_scores.astype(np.float64))
-                strictly_above = reference_scores > reference_scores[-1]
-                assert set(rows[strictly_above].tolist()) == set(reference_rows[strictly_above].tolist())
-                assert scanned[rows].all()
+    weights = rng.integers(-127, 128, size=(1, dimension)).astype(np.int8)
+    expected = book.codes[: len(matrix)].astype(np.int64) @ weights[0].astype(np.int64)
+    positions = np.flatnonzero(rng.random(len(matrix)) < 0.3)
+    for threads, chunk_rows in ((1, 16_384), (2, 16_384), (2, 300)):
+        codes.scan_threads = threads
+        monkeypatch.setattr(quantised, "_CHUNK_MIN_ROWS", chunk_rows)
+        monkeypatch.setattr(quantised, "usable_cpus", lambda: 2)
+        monkeypatch.setattr(quantised, "TWO_THREAD_MIN_ROWS", 1000)
+        whole = codes._dots(book, weights, None, len(matrix), len(matrix))
+        gathered = codes._dots(book, weights, positions, len(matrix), len(positions))
+        assert whole.dtype == (np.float32 if dimension < 1024 else np.float64)
+        np.testing.assert_array_equal(whole.astype(np.int64), expected)
+        np.testing.assert_array_equal(gathered.astype(np.int64), expected[positions])
 
 
 # ------------------------------------------------------------------------------------------ thread choice

@@ -6,47 +6,56 @@ answers "which rows can be in the exact top k?" with a candidate set that provab
 then scores only those candidates in float32, so the result is the exact float32 top k, ties included.
 
 **Codes.** Each dimension ``i`` has a range ``[lower_i, lower_i + width_i]`` (the vectors' own range at the
-last (re)build, widened by a margin) cut into 255 steps of ``step_i = width_i / 255``; a value ``v`` is stored
-as ``c = floor((v - lower_i) / step_i)`` and read back as ``lower_i + (c + 0.5) * step_i`` (faiss's
-``QT_8bit`` scalar quantiser decodes exactly so, and scans the codes). For cosine the unit vectors
-``v / |v|`` are encoded (a zero vector stays zero), for dot the raw vectors.
+last (re)build, widened by a margin) cut into 255 steps of ``step_i = width_i / 255``; a value ``v`` is coded
+as ``c = floor((v - lower_i) / step_i)`` and read back as ``lower_i + (c + 0.5) * step_i``. The codes are kept
+as signed bytes ``c - 128`` (in ``-128..127``), the form integer dot-product kernels take. For cosine the unit
+vectors ``v / |v|`` are encoded (a zero vector stays zero), for dot the raw vectors.
 
-**The bound.** For a row ``d`` whose every component lies in its range, each decoded component is within
+**The codes' bound.** For a row ``d`` whose every component lies in its range, each decoded component is within
 ``step_i / 2`` of the true one, so for any query ``q``::
 
     |q . d - q . d_hat| <= sum_i |q_i| * step_i / 2 =: B(q)
 
 and also ``<= |q| * |d - d_hat| <= |q| * R`` with ``R`` the largest residual norm of any encoded in-range row.
-The error bound is ``E(q) = min(B(q), |q| * R)`` plus the float32 rounding of both scores (``4 * dim * 2**-24 *
-|q| * M``, ``M`` bounding every row's and decoded row's norm). Rows with a component outside its range
+The error bound is ``E(q) = min(B(q), |q| * R)`` plus the float32 rounding of the exact score (``4 * dim * 2**-24
+* |q| * M``, ``M`` bounding every row's and decoded row's norm). Rows with a component outside its range
 ("outliers", rare: the ranges carry a margin) are not covered by ``E``; they are always candidates.
 
-**The candidate set.** The scan returns the ``K`` best approximate scores among the allowed rows. With ``t``
-the ``k``-th best approximate score of a non-outlier row, at least ``k`` rows score exactly ``>= t - E``, so
-the exact ``k``-th best is ``>= t - E``; a row can reach it only if its approximate score is ``>= t - 2E``.
-Every row the scan did not return scores at most the ``K``-th returned approximate score ``m``, so when
-``m + E < t - E`` the returned rows with approximate score ``>= t - 2E`` plus the outliers hold every row that
-scores at least the exact ``k``-th best (all ties with it included). Otherwise ``K`` grows, and past
-``max_candidates`` :meth:`QuantisedVectors.candidates` returns ``None``: the caller scans in float32.
+**The scan: integer dot products.** With ``w_i = q_i * step_i`` the decoded score is
+``q . d_hat = base(q) + sum_i w_i * (c_i - 128)``, where ``base(q)`` is the same for every row. The query's
+weights are quantised too, ``w8 = round(w / s)`` with ``s = max|w| / 127``, and NumKong's int8 kernel computes
+every row's integer dot ``D = w8 . (c - 128)`` exactly (AVX2 / AVX-512 VNNI / NEON: 2-2.5x faster than
+faiss's 8-bit scanner, which decodes every code to float, benchmarks/results/int8_scan_*.json). Then
+``|q . d_hat - base(q) - s * D| <= E_w(q)`` with ``r = w - s * w8`` and
 
-**The scan.** faiss's scanner for these codes runs over row ranges of the code buffer. Rows that must not be
-scanned (not allowed, or outliers) are skipped through a bitmap, unless they are few (at most 1/64 of the
-rows): then they are scanned too and dropped from the result, which is a little longer to make room, and a
-range whose result held too many of them to keep ``K`` others is scanned again with the bitmap. A scan of at
-least :data:`TWO_THREAD_MIN_ROWS` rows is cut into a few chunks holding as many scanned rows each, which the
-calling thread and one helper thread take one at a time (faiss releases the GIL while it scans); the chunks'
-top-``K`` lists are merged. Every row's approximate score is the same whichever chunk holds it, so the merged
-top ``K`` and the candidate set equal a single scan's. The helper thread is one per process, shared by every
-:class:`QuantisedVectors`: a query that finds it busy with another query scans every chunk itself, and a query
-never waits for the helper to start (a helper that starts after the caller took the last chunk does nothing),
-so concurrent searches never wait for each other and never run more than one scanning thread beyond their own.
-A process allowed a single CPU (affinity mask or cgroup quota) always scans on one thread. Faiss's OpenMP
-threads are never used.
+    E_w(q) = min(128 * sum_i |r_i|, |r| * C)
+
+(``C``: the largest ``|c - 128|`` norm of any encoded row; the second form is about four times tighter on
+embeddings, whose codes sit near the middle of their ranges), plus float64 rounding. So the row's exact score
+is within ``T = E + E_w`` of ``base + s * D``.
+
+**The candidate set.** With ``D_k`` the ``k``-th best integer dot among the scanned (allowed, non-outlier) rows,
+at least ``k`` rows score exactly ``>= base + s * D_k - T``, so the exact ``k``-th best does too, and a row can
+reach it only if ``D >= D_k - 2T / s``. Those rows plus the allowed outliers hold every row that scores at least
+the exact ``k``-th best (all ties with it included). When they are more than :attr:`max_candidates` (near-ties
+the bound cannot separate), :meth:`QuantisedVectors.candidates` returns ``None``: the caller scans in float32.
+Rows that are not scanned are read but left out of the selection; when at most 1/:data:`_GATHER_MAX_FRACTION`
+of the rows are scanned, their codes are gathered and only they are multiplied (cheaper than the whole buffer
+below about 1/5 of the rows, measured at 1,000,000 x 384).
+
+**Threads.** A scan of at least :data:`TWO_THREAD_MIN_ROWS` rows is cut into a few chunks, which the calling
+thread and one helper thread take one at a time (NumKong releases the GIL); each chunk writes its rows' dots
+into one shared array, so the result equals a single scan's. The helper thread is one per process, shared by
+every :class:`QuantisedVectors`: a query that finds it busy with another query scans every chunk itself, and a
+query never waits for the helper to start (a helper that starts after the caller took the last chunk does
+nothing), so concurrent searches never wait for each other and never run more than one scanning thread beyond
+their own. A process allowed a single CPU (affinity mask or cgroup quota) always scans on one thread.
 
 **Keeping current.** :meth:`set_rows` encodes new rows in place (rows past the capacity copy the codes into a
 larger buffer; searches running meanwhile keep the old one); when outliers exceed ``max(1024, rows / 200)``
 the ranges are recomputed from every encoded row (read back through ``vectors``) and all rows re-encoded.
-:meth:`clear_rows` forgets rows. :meth:`save` writes one ``.npz`` (no pickle) atomically; :meth:`load` reads it.
+:meth:`clear_rows` forgets rows. :meth:`save` writes one ``.npz`` (no pickle) atomically; :meth:`load` reads it,
+and converts the unsigned codes of a version-1 file (written before the integer scan) as it reads them.
 
 Thread safety: writes (:meth:`set_rows`, :meth:`clear_rows`, :meth:`rebuild`) must be serialised by the caller;
 :meth:`candidates` may run concurrently with them and with itself. It reads one consistent state, except that
@@ -86,16 +95,20 @@ from dual_encoder.cpus import usable_cpus
 from dual_encoder.embedded.storage import checked_rows, load_checked_arrays, save_arrays_atomically
 
 try:
-    import faiss
-except ImportError as error:  # pragma: no cover - faiss-cpu is a dependency
-    raise ImportError("dual_encoder.embedded.quantised needs faiss-cpu: pip install 'faiss-cpu>=1.15,<1.16'") from error
+    import numkong
+except ImportError as error:  # pragma: no cover - numkong is a dependency
+    raise ImportError("dual_encoder.embedded.quantised needs NumKong: pip install 'numkong>=7.8,<8'") from error
 
 __all__ = ["TWO_THREAD_MIN_ROWS", "QuantisedVectors"]
 
 _FORMAT = "dual-encoder-quantised-vectors"
-_FORMAT_VERSION = 1
+# Version 1 held the codes unsigned (``c``); version 2 signed (``c - 128``).
+_FORMAT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 _SIMILARITIES = ("cosine", "dot")
 _LEVELS = 255
+# Codes are stored as ``c - _CODE_OFFSET`` (signed bytes).
+_CODE_OFFSET = 128
 # Each range is widened by this fraction of its width on both sides, so later rows rarely fall outside it.
 _RANGE_MARGIN = 1 / 16
 # Outliers (rows with a component outside its range) tolerated before every row is re-encoded.
@@ -107,23 +120,26 @@ _ENCODE_BLOCK = 32_768
 _READ_CHUNK = 1 << 24
 # The unit roundoff of float32.
 _UNIT_ROUNDOFF = 2.0**-24
-#: Rows a query's scan must cover before its two halves run on two threads (when the process may use two
-#: CPUs): below it, handing half to the helper thread costs more than it saves (benchmarks/exact_threads.py).
+# Below the largest integer dot a float32 holds exactly (2**24), the kernel writes float32 dots (half the bytes
+# to select from); above it float64.
+_FLOAT32_EXACT = 2**24
+# When at most 1/_GATHER_MAX_FRACTION of the rows are scanned, their codes are gathered (in blocks of
+# _GATHER_BLOCK_ROWS) and multiplied alone: at 1,000,000 x 384 gathering 1/12 of the rows took 14 ms against
+# 32 ms for the whole buffer, 1/4 of them 33 ms against 29.
+_GATHER_MAX_FRACTION = 6
+_GATHER_BLOCK_ROWS = 16_384
+#: Rows a query's scan must cover before its chunks run on two threads (when the process may use two CPUs):
+#: from there two threads are faster (1.06x at 16,384 rows, 1.4x at 100,000 on an AVX2 machine:
+#: benchmarks/results/first_pass_threads.json).
 TWO_THREAD_MIN_ROWS = 16_384
-# Rows inside the scanned range that are not scanned (not allowed, or outliers) are skipped through a bitmap,
-# which costs every row a lookup; when they are at most 1/_BITMAP_FREE_MAX_FRACTION of the range, scanning them
-# too is cheaper. Each chunk's result then grows by up to _BITMAP_FREE_EXTRA rows to make room for excluded rows
-# among the best, which are dropped; a chunk that had more of them is scanned again with the bitmap.
-_BITMAP_FREE_MAX_FRACTION = 64
-_BITMAP_FREE_EXTRA = 64
 # A two-thread scan is cut into chunks that the two threads take one at a time, so a helper thread that starts
 # late (or never, on a busy machine) leaves its share to the calling thread instead of holding the query up.
-# Chunks hold at least _CHUNK_MIN_ROWS scanned rows (each costs a scanner and a result list) and there are at
-# most _CHUNKS_MAX of them.
+# Chunks hold at least _CHUNK_MIN_ROWS scanned rows and there are at most _CHUNKS_MAX of them.
 _CHUNK_MIN_ROWS = 16_384
 _CHUNKS_MAX = 8
-# Chunk boundaries fall on multiples of this many rows: a whole 64-bit word of the packed bitmap.
-_CHUNK_ALIGNMENT = 64
+# The candidate limit when none is given: the rows a gather can rescore in float32 for less than a full scan.
+_DEFAULT_MAX_CANDIDATES = 8192
+_MAX_CANDIDATES_FRACTION = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,11 +149,11 @@ class _Book:
 
     lower: np.ndarray  # float32 (d,)
     width: np.ndarray  # float32 (d,)
-    index: Any  # faiss.IndexScalarQuantizer whose codes are `codes`
-    codes: np.ndarray  # uint8 (capacity, d), a view of the faiss index's own code buffer
+    codes: np.ndarray  # int8 (capacity, d): c - 128
     encoded: np.ndarray  # bool (capacity,): whether a row holds a current code
     residual_max: float  # largest |d - d_hat| over encoded rows inside the ranges
     norm_max: float  # largest |d| and |d_hat| over encoded rows
+    code_norm_max: float  # largest |c - 128| over encoded rows
     outliers: np.ndarray  # int64 sorted: encoded rows with a component outside its range
 
     @property
@@ -152,7 +168,8 @@ class QuantisedVectors:
     :param similarity: ``"cosine"`` (rows and queries are compared as unit vectors) or ``"dot"``.
     :param vectors: ``f(slots: int64 array) -> float32 (len(slots), dimension)``: the current rows, read when
         the ranges are recomputed. Without it the ranges are never recomputed (outliers stay outliers).
-    :param max_candidates: Largest scan result tried before :meth:`candidates` gives up (returns ``None``).
+    :param max_candidates: Most candidates :meth:`candidates` returns before it gives up (returns ``None``):
+        ``None`` (default) allows ``max(8192, scanned rows / 8)``.
     :param scan_threads: Threads one query's scan may use: ``None`` (default) uses two when the scan covers at
         least :data:`TWO_THREAD_MIN_ROWS` rows, ``1`` always one, ``2`` two whenever the scan has two ranges
         worth splitting. Capped by the CPUs the process may use either way. Settable later as an attribute.
@@ -164,20 +181,20 @@ class QuantisedVectors:
         similarity: str,
         *,
         vectors: Callable[[np.ndarray], np.ndarray] | None = None,
-        max_candidates: int = 8192,
+        max_candidates: int | None = None,
         scan_threads: int | None = None,
     ) -> None:
         if similarity not in _SIMILARITIES:
             raise ValueError(f"Unknown similarity {similarity!r}: use 'cosine' or 'dot'.")
         if int(dimension) <= 0:
             raise ValueError(f"dimension must be positive, got {dimension}.")
-        if int(max_candidates) < 1:
-            raise ValueError(f"max_candidates must be >= 1, got {max_candidates}.")
+        if max_candidates is not None and int(max_candidates) < 1:
+            raise ValueError(f"max_candidates must be >= 1 or None, got {max_candidates}.")
         if scan_threads not in (None, 1, 2):
             raise ValueError(f"scan_threads must be None (automatic), 1 or 2, got {scan_threads!r}.")
         self.dimension = int(dimension)
         self.similarity = similarity
-        self.max_candidates = int(max_candidates)
+        self.max_candidates = None if max_candidates is None else int(max_candidates)
         self.scan_threads = scan_threads
         self._vectors_of = vectors
         self._book: _Book | None = None
@@ -223,15 +240,15 @@ class QuantisedVectors:
             book = self._new_book(prepared, int(slots.max()) + 1)
         elif int(slots.max()) >= book.capacity:
             book = self._grown(book, int(slots.max()) + 1)
-        residual, norm, outside = self._encode_into(book, slots, prepared)
+        encoding = self._encode_into(book, slots, prepared)
         outliers = book.outliers
         kept_out = outliers[~np.isin(outliers, slots)] if len(outliers) else outliers
-        new_out = slots[outside]
-        inside = ~outside
+        new_out = slots[encoding.outside]
         book = dataclasses.replace(
             book,
-            residual_max=max(book.residual_max, float(residual[inside].max()) if inside.any() else 0.0),
-            norm_max=max(book.norm_max, norm),
+            residual_max=max(book.residual_max, encoding.residual_max),
+            norm_max=max(book.norm_max, encoding.norm_max),
+            code_norm_max=max(book.code_norm_max, encoding.code_norm_max),
             outliers=np.union1d(kept_out, new_out).astype(np.int64) if len(new_out) else kept_out,
         )
         self._book = book
@@ -274,29 +291,40 @@ class QuantisedVectors:
             upper = high if upper is None else np.maximum(upper, high)
         assert lower is not None and upper is not None  # set by the first block: there is at least one slot
         fresh = self._empty_book(lower, upper, book.capacity)
-        residual_max, norm_max, outliers = 0.0, 0.0, []
+        residual_max, norm_max, code_norm_max, outliers = 0.0, 0.0, 0.0, []
         for start in range(0, len(slots), _ENCODE_BLOCK):
             block = slots[start : start + _ENCODE_BLOCK]
-            residual, norm, outside = self._encode_into(fresh, block, self._prepare(self._rows(block)))
-            inside = ~outside
-            if inside.any():
-                residual_max = max(residual_max, float(residual[inside].max()))
-            norm_max = max(norm_max, norm)
-            outliers.append(block[outside])
+            encoding = self._encode_into(fresh, block, self._prepare(self._rows(block)))
+            residual_max = max(residual_max, encoding.residual_max)
+            norm_max = max(norm_max, encoding.norm_max)
+            code_norm_max = max(code_norm_max, encoding.code_norm_max)
+            outliers.append(block[encoding.outside])
         fresh.encoded[slots] = True
         self._book = dataclasses.replace(
-            fresh, residual_max=residual_max, norm_max=norm_max, outliers=np.concatenate(outliers).astype(np.int64)
+            fresh,
+            residual_max=residual_max,
+            norm_max=norm_max,
+            code_norm_max=code_norm_max,
+            outliers=np.concatenate(outliers).astype(np.int64),
         )
         self.rebuilds += 1
 
     # ------------------------------------------------------------------------------------------ search
     def error_bound(self, query: np.ndarray) -> float:
-        """``E(q)``: a bound on ``|q . d - approximate score|`` for every encoded row inside the ranges, float32
-        rounding of both scores included. ``query`` as given to :meth:`candidates`."""
+        """``E(q)``: a bound on ``|q . d - q . d_hat|`` for every encoded row inside the ranges, float32
+        rounding of the exact score included. ``query`` as given to :meth:`candidates`."""
         book = self._book
         if book is None:
             return math.inf
         return self._bound(book, np.asarray(query, dtype=np.float64).reshape(-1))
+
+    def query_error_bound(self, query: np.ndarray) -> float:
+        """``E_w(q)``: a bound on what quantising the query's weights adds, ``|q . d_hat - base - s * D|``, for
+        every encoded row inside the ranges. ``query`` as given to :meth:`candidates`."""
+        book = self._book
+        if book is None:
+            return math.inf
+        return _QueryWeights.of(book, np.asarray(query, dtype=np.float64).reshape(-1)).error
 
     def candidates(self, query: np.ndarray, k: int, allowed: np.ndarray) -> np.ndarray | None:
         """Slots (int64, ascending) among which the exact top ``k`` of the ``allowed`` slots lie, with every row
@@ -308,9 +336,9 @@ class QuantisedVectors:
         :param allowed: Bool mask by slot; every allowed slot must hold a code (else ``ValueError``).
         """
         book = self._book
-        query = np.ascontiguousarray(np.asarray(query, dtype=np.float32).reshape(1, -1))
-        if query.shape[1] != self.dimension:
-            raise ValueError(f"Query has dimension {query.shape[1]}; these codes hold {self.dimension}-d vectors.")
+        query = np.asarray(query, dtype=np.float32).reshape(-1)
+        if len(query) != self.dimension:
+            raise ValueError(f"Query has dimension {len(query)}; these codes hold {self.dimension}-d vectors.")
         allowed = np.asarray(allowed, dtype=bool).reshape(-1)
         size = len(allowed)
         if book is None or k <= 0:
@@ -333,26 +361,34 @@ class QuantisedVectors:
         scanned_count = count - len(outliers)
         if scanned_count < k:
             return np.flatnonzero(allowed).astype(np.int64)
-        bound = self._bound(book, query[0].astype(np.float64))
-        if not math.isfinite(bound):
+        query64 = query.astype(np.float64)
+        bound = self._bound(book, query64)
+        weights = _QueryWeights.of(book, query64)
+        if not math.isfinite(bound + weights.error):
             return None
-        plan = _plan_scan(scanned, scanned_count, self._threads_for(scanned_count))
-        # A longer result costs the scan almost nothing, and one that is too short means a second scan.
-        wanted = min(scanned_count, max(4 * k, k + 256))
-        while True:
-            scores, found = _scan_top(book, query[0], plan, wanted)
-            self.two_thread_scans += len(plan.chunks) > 1
-            if len(found) < k:  # cannot happen while every allowed slot holds a code; never guess
-                return None
-            # k-th best approximate score minus the bound: the exact k-th best is at least this.
-            floor = scores[k - 1] - bound
-            everything = len(found) < wanted or wanted >= scanned_count
-            if everything or scores[-1] + bound < floor:
-                chosen = found[scores + bound >= floor]
-                return np.union1d(chosen.astype(np.int64), outliers)
-            if wanted >= self.max_candidates:
-                return None
-            wanted = min(scanned_count, self.max_candidates, wanted * 4)
+        positions = None
+        if scanned_count * _GATHER_MAX_FRACTION <= len(scanned):
+            positions = np.flatnonzero(scanned)
+        dots = self._dots(book, weights.quantised, positions, len(scanned), scanned_count)
+        # Rows read but not scanned (whole-buffer scans) are left out of the selection; filling their dots with
+        # -inf instead would make np.partition 30x slower on its many equal values.
+        skipped = positions is None and scanned_count < len(scanned)
+        ranked = dots[scanned] if skipped else dots
+        last = len(ranked) - k
+        kth = float(np.partition(ranked, last)[last])
+        # D >= D_k - 2T/s, as an integer: float32 dots hold integers below 2**24 exactly, so the comparison is.
+        lowest = math.ceil(kth - 2 * (bound + weights.error) / weights.scale)
+        if dots.dtype == np.float32:
+            lowest = max(lowest, -_FLOAT32_EXACT)
+        chosen = np.flatnonzero((dots >= lowest) & scanned if skipped else dots >= lowest)
+        limit = self.max_candidates
+        if limit is None:
+            limit = max(_DEFAULT_MAX_CANDIDATES, scanned_count // _MAX_CANDIDATES_FRACTION)
+        if len(chosen) > limit:
+            return None
+        if positions is not None:
+            chosen = positions[chosen]
+        return np.union1d(chosen.astype(np.int64), outliers)
 
     # ------------------------------------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -368,7 +404,7 @@ class QuantisedVectors:
         }
         arrays: dict[str, np.ndarray] = {}
         if book is not None:
-            header.update(residual_max=book.residual_max, norm_max=book.norm_max)
+            header.update(residual_max=book.residual_max, norm_max=book.norm_max, code_norm_max=book.code_norm_max)
             rows = np.flatnonzero(book.encoded)
             end = int(rows.max()) + 1 if len(rows) else 0
             arrays.update(
@@ -389,18 +425,19 @@ class QuantisedVectors:
         similarity: str,
         *,
         vectors: Callable[[np.ndarray], np.ndarray] | None = None,
-        max_candidates: int = 8192,
+        max_candidates: int | None = None,
         scan_threads: int | None = None,
     ) -> QuantisedVectors:
-        """Read codes written by :meth:`save`. Raises ``ValueError`` naming the file when it is not such a file,
-        is damaged, or was written for another dimension or similarity."""
+        """Read codes written by :meth:`save` (or by a version that kept them unsigned, converted here). Raises
+        ``ValueError`` naming the file when it is not such a file, is damaged, or was written for another
+        dimension or similarity."""
         path = Path(path)
         # The codes (the bulk of the file) are read later, straight into the scan's buffer.
         header, arrays = load_checked_arrays(
             path,
             what="quantised vectors",
             file_format=_FORMAT,
-            version=_FORMAT_VERSION,
+            version=_READABLE_VERSIONS,
             dimension=dimension,
             similarity=similarity,
             skip=frozenset({"codes"}),
@@ -430,12 +467,20 @@ class QuantisedVectors:
             margin=False,
             width=width.astype(np.float32),
         )
-        _read_codes(path, book.codes[: len(encoded)])
+        codes = book.codes[: len(encoded)]
+        unsigned = header["version"] == 1
+        _read_codes(path, codes.view(np.uint8) if unsigned else codes)
+        if unsigned:
+            codes.view(np.uint8)[...] ^= np.uint8(0x80)  # c - 128 in two's complement
         book.encoded[: len(encoded)] = encoded
+        code_norm_max = header.get("code_norm_max")
+        if code_norm_max is None:  # version 1 did not record it: measured over every encoded row, outliers too
+            code_norm_max = _largest_code_norm(codes, encoded)
         loaded._book = dataclasses.replace(
             book,
             residual_max=float(header["residual_max"]),
             norm_max=float(header["norm_max"]),
+            code_norm_max=float(code_norm_max),
             outliers=outliers.astype(np.int64),
         )
         return loaded
@@ -443,11 +488,30 @@ class QuantisedVectors:
     # ------------------------------------------------------------------------------------------ internals
     def _threads_for(self, rows: int) -> int:
         """Threads the scan of ``rows`` scanned rows runs on: 1 or 2."""
-        if self.scan_threads == 1 or rows < 2 * _CHUNK_ALIGNMENT:
+        if self.scan_threads == 1 or rows < 2:
             return 1
         if self.scan_threads is None and rows < TWO_THREAD_MIN_ROWS:
             return 1
         return 2 if usable_cpus() >= 2 else 1
+
+    def _dots(
+        self, book: _Book, weights: np.ndarray, positions: np.ndarray | None, rows: int, scanned_count: int
+    ) -> np.ndarray:
+        """Every row's integer dot with ``weights`` (rows ``0:rows``, or ``positions`` only), float32 when that
+        holds them exactly, else float64."""
+        exact_in_float32 = self.dimension * _CODE_OFFSET * 127 < _FLOAT32_EXACT
+        length = rows if positions is None else len(positions)
+        dots = np.empty(length, dtype=np.float32 if exact_in_float32 else np.float64)
+        threads = self._threads_for(scanned_count)
+        parts = 1 if threads == 1 else min(_CHUNKS_MAX, max(2, scanned_count // _CHUNK_MIN_ROWS))
+        cuts = [length * part // parts for part in range(parts + 1)]
+        chunks = tuple((begin, stop) for begin, stop in zip(cuts, cuts[1:]) if stop > begin)
+        if len(chunks) == 1:
+            _scan_range(book.codes, weights, positions, *chunks[0], dots)
+        else:
+            _SharedScan(book.codes, weights, positions, chunks, dots).run()
+            self.two_thread_scans += 1
+        return dots
 
     def _prepare(self, vectors: np.ndarray) -> np.ndarray:
         """Rows as encoded: unit rows for cosine (zero rows stay zero), unchanged for dot."""
@@ -471,8 +535,8 @@ class QuantisedVectors:
         length = float(np.linalg.norm(query))
         per_dimension = float(np.abs(query) @ _allowed_error(book.lower, book.width))
         residual = length * book.residual_max
-        # Both scores are float32 sums of `dimension` products: each is within dimension * u * |q| * |row| of
-        # the real value (u: float32 unit roundoff); decoding adds a few u more.
+        # The exact score is a float32 sum of `dimension` products: within dimension * u * |q| * |row| of the
+        # real value (u: float32 unit roundoff); the decoded rows the residuals were measured against add a few u.
         rounding = 4 * self.dimension * _UNIT_ROUNDOFF * length * (book.norm_max + book.residual_max)
         return min(per_dimension, residual) + rounding
 
@@ -494,23 +558,15 @@ class QuantisedVectors:
                 pad = np.maximum(pad, np.float32(1e-6) * np.maximum(np.abs(lower), np.float32(1e-3)))
                 lower = lower - pad
                 width = width + 2 * pad
-        width = np.asarray(width, dtype=np.float32)
-        index = faiss.IndexScalarQuantizer(self.dimension, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
-        faiss.copy_array_to_vector(np.concatenate([lower, width]).astype(np.float32), index.sq.trained)
-        index.is_trained = True
-        capacity = max(int(capacity), 1)
-        index.codes.resize(capacity * self.dimension)
-        index.ntotal = capacity
-        # Zero-filled by the resize; rows only count once `encoded` says so.
-        codes = faiss.rev_swig_ptr(index.codes.data(), capacity * self.dimension).reshape(capacity, self.dimension)
         return _Book(
             lower=lower,
-            width=width,
-            index=index,
-            codes=codes,
-            encoded=np.zeros(capacity, dtype=bool),
+            width=np.asarray(width, dtype=np.float32),
+            # Zero-filled; rows only count once `encoded` says so.
+            codes=np.zeros((max(int(capacity), 1), self.dimension), dtype=np.int8),
+            encoded=np.zeros(max(int(capacity), 1), dtype=bool),
             residual_max=0.0,
             norm_max=0.0,
+            code_norm_max=0.0,
             outliers=np.zeros(0, dtype=np.int64),
         )
 
@@ -523,40 +579,59 @@ class QuantisedVectors:
         grown.codes[: book.capacity] = book.codes
         grown.encoded[: book.capacity] = book.encoded
         return dataclasses.replace(
-            grown, residual_max=book.residual_max, norm_max=book.norm_max, outliers=book.outliers
+            grown,
+            residual_max=book.residual_max,
+            norm_max=book.norm_max,
+            code_norm_max=book.code_norm_max,
+            outliers=book.outliers,
         )
 
-    def _encode_into(
-        self, book: _Book, slots: np.ndarray, prepared: np.ndarray
-    ) -> tuple[np.ndarray, float, np.ndarray]:
-        """Write the codes of ``prepared`` rows at ``slots``; returns each row's residual norm, the largest norm
-        of a row or its decoding, and which rows have a component outside its range."""
+    def _encode_into(self, book: _Book, slots: np.ndarray, prepared: np.ndarray) -> _Encoding:
+        """Write the codes of ``prepared`` rows at ``slots``."""
         scale = np.float32(_LEVELS) / book.width
         allowed_error = _allowed_error(book.lower, book.width).astype(np.float32)
-        residuals = np.empty(len(slots), dtype=np.float64)
         outside = np.empty(len(slots), dtype=bool)
-        norm = 0.0
+        residual_max, norm_max, code_norm_max = 0.0, 0.0, 0.0
         for start in range(0, len(slots), _ENCODE_BLOCK):
             rows = prepared[start : start + _ENCODE_BLOCK]
             codes = rows - book.lower
             codes *= scale
             np.floor(codes, out=codes)
             np.clip(codes, 0, _LEVELS, out=codes)
-            book.codes[slots[start : start + len(rows)]] = codes.astype(np.uint8)
-            # Decoded exactly as faiss's QT_8bit decodes: lower + ((c + 0.5) / 255) * width; `codes` becomes the
-            # error row - decoded.
-            codes += np.float32(0.5)
+            codes -= np.float32(_CODE_OFFSET)
+            book.codes[slots[start : start + len(rows)]] = codes.astype(np.int8)
+            # Exact in float32: sums of at most dimension * 128**2 (below 2**24 up to 1,024 dimensions; a relative
+            # 1e-4 covers the rounding of larger ones).
+            code_norms = np.sqrt(np.einsum("ij,ij->i", codes, codes, dtype=np.float64)) * (1 + 1e-4)
+            # Decoded as lower + ((c + 0.5) / 255) * width; `codes` becomes the error row - decoded.
+            codes += np.float32(_CODE_OFFSET + 0.5)
             codes /= np.float32(_LEVELS)
             codes *= book.width
             codes += book.lower
             np.subtract(rows, codes, out=codes)
-            outside[start : start + len(rows)] = (np.abs(codes) > allowed_error).any(axis=1)
+            block_outside = (np.abs(codes) > allowed_error).any(axis=1)
+            outside[start : start + len(rows)] = block_outside
             # float32 sums of squares: a relative 1e-4 covers their rounding.
-            residuals[start : start + len(rows)] = np.sqrt(np.einsum("ij,ij->i", codes, codes)) * (1 + 1e-4)
+            residuals = np.sqrt(np.einsum("ij,ij->i", codes, codes)) * (1 + 1e-4)
             lengths = np.sqrt(np.einsum("ij,ij->i", rows, rows)) * (1 + 1e-4)
             # |decoded| <= |row| + |error|.
-            norm = max(norm, float((lengths + residuals[start : start + len(rows)]).max()))
-        return residuals, norm, outside
+            norm_max = max(norm_max, float((lengths + residuals).max()))
+            inside = ~block_outside
+            if inside.any():
+                residual_max = max(residual_max, float(residuals[inside].max()))
+                code_norm_max = max(code_norm_max, float(code_norms[inside].max()))
+        return _Encoding(outside=outside, residual_max=residual_max, norm_max=norm_max, code_norm_max=code_norm_max)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Encoding:
+    """What encoding a block of rows found: which rows have a component outside its range, and, over the rows
+    inside, the largest residual norm and code norm; the largest norm of a row or its decoding over all."""
+
+    outside: np.ndarray
+    residual_max: float
+    norm_max: float
+    code_norm_max: float
 
 
 def _allowed_error(lower: np.ndarray, width: np.ndarray) -> np.ndarray:
@@ -567,104 +642,63 @@ def _allowed_error(lower: np.ndarray, width: np.ndarray) -> np.ndarray:
     return width64 / (2 * _LEVELS) + 8 * _UNIT_ROUNDOFF * (np.abs(lower64) + np.abs(lower64 + width64) + width64)
 
 
+def _largest_code_norm(codes: np.ndarray, rows: np.ndarray) -> float:
+    """The largest ``|c - 128|`` norm among the ``rows`` (bool mask) of ``codes``."""
+    largest = 0.0
+    for start in range(0, len(codes), _ENCODE_BLOCK):
+        block = codes[start : start + _ENCODE_BLOCK][rows[start : start + _ENCODE_BLOCK]].astype(np.float32)
+        if len(block):
+            largest = max(largest, float(np.sqrt(np.einsum("ij,ij->i", block, block, dtype=np.float64).max())))
+    return largest * (1 + 1e-4)
+
+
 @dataclasses.dataclass(frozen=True)
-class _ScanPlan:
-    """Which rows one query's scan covers and how: every row of ``chunks`` (consecutive row ranges covering
-    ``0:len(scanned)``; more than one only for a scan on two threads) whose ``scanned`` flag is set."""
+class _QueryWeights:
+    """A query's weights ``w_i = q_i * step_i`` quantised to int8: ``w ~ scale * quantised``, and ``error``
+    (``E_w``, module docstring) bounding what that changes in any in-range row's decoded score."""
 
-    scanned: np.ndarray  # bool (rows,)
-    # ``scanned`` packed for faiss's bitmap selector (bit i of byte i // 8 is row i); None: the scan reads every
-    # row of the chunks, and the `skipped` rows it must not report are dropped from its result afterwards.
-    bitmap: np.ndarray | None
-    skipped: int  # rows whose flag is not set
-    chunks: tuple[tuple[int, int], ...]
+    quantised: np.ndarray  # int8 (1, d)
+    scale: float
+    error: float
 
-
-def _plan_scan(scanned: np.ndarray, scanned_count: int, threads: int) -> _ScanPlan:
-    """How to scan the rows flagged in ``scanned`` (``scanned_count`` of them) on ``threads`` threads."""
-    rows = len(scanned)
-    skipped = rows - scanned_count
-    bitmap = None
-    if skipped > rows // _BITMAP_FREE_MAX_FRACTION:
-        bitmap = _packed(scanned)
-    chunks: tuple[tuple[int, int], ...] = ((0, rows),)
-    if threads >= 2:
-        parts = min(_CHUNKS_MAX, max(2, scanned_count // _CHUNK_MIN_ROWS))
-        cuts = [0, *_balanced_cuts(bitmap, rows, parts), rows]
-        chunks = tuple((begin, stop) for begin, stop in zip(cuts, cuts[1:]) if stop > begin)
-    return _ScanPlan(scanned=scanned, bitmap=bitmap, skipped=skipped, chunks=chunks)
-
-
-def _packed(scanned: np.ndarray) -> np.ndarray:
-    """``scanned`` as faiss's bitmap selector reads it: bit ``i % 8`` of byte ``i // 8`` is row ``i``."""
-    return np.packbits(scanned, bitorder="little")
-
-
-def _balanced_cuts(bitmap: np.ndarray | None, rows: int, parts: int) -> list[int]:
-    """``parts - 1`` ascending rows, multiples of :data:`_CHUNK_ALIGNMENT` inside ``0..rows``, that cut the
-    scanned rows into ``parts`` nearly equal runs (cut all ``rows`` evenly without a bitmap: then nearly every
-    row is scanned)."""
-    fractions = np.arange(1, parts) / parts
-    if bitmap is None:
-        cuts = (fractions * rows) // _CHUNK_ALIGNMENT * _CHUNK_ALIGNMENT
-    else:
-        word = _CHUNK_ALIGNMENT // 8
-        padded = np.zeros(-(-len(bitmap) // word) * word, dtype=np.uint8)
-        padded[: len(bitmap)] = bitmap
-        per_word = np.cumsum(np.bitwise_count(padded.view(np.uint64)), dtype=np.int64)
-        # After the first word whose end brings the count to the fraction.
-        cuts = (np.searchsorted(per_word, fractions * per_word[-1]) + 1) * _CHUNK_ALIGNMENT
-    return sorted({int(cut) for cut in np.clip(cuts, 0, rows)})
-
-
-def _scan_top(book: _Book, query: np.ndarray, plan: _ScanPlan, wanted: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``wanted`` best approximate scores (float64, best first) among the scanned rows and their rows
-    (int64); fewer when fewer rows are scanned."""
-    # Without a bitmap the excluded rows a chunk reports are dropped afterwards: a longer result leaves room.
-    length = wanted + (min(plan.skipped, _BITMAP_FREE_EXTRA) if plan.bitmap is None else 0)
-    if len(plan.chunks) == 1:
-        parts = [_scan_range(book, query, *plan.chunks[0], plan.bitmap, length)]
-    else:
-        parts = _SharedScan(book, query, plan, length).run()
-    if plan.bitmap is None and plan.skipped:
-        kept = []
-        for chunk_scores, chunk_rows in parts:
-            keep = plan.scanned[chunk_rows]
-            # A chunk that filled its result holds its best `keep.sum()` scanned rows; fewer than `wanted` of
-            # them may leave out some of the overall best `wanted`.
-            if len(chunk_rows) == length and np.count_nonzero(keep) < wanted:
-                return _scan_top(book, query, dataclasses.replace(plan, bitmap=_packed(plan.scanned)), wanted)
-            kept.append((chunk_scores[keep], chunk_rows[keep]))
-        parts = kept
-    scores = np.concatenate([part[0] for part in parts]) if len(parts) > 1 else parts[0][0]
-    rows = np.concatenate([part[1] for part in parts]) if len(parts) > 1 else parts[0][1]
-    if len(scores) > wanted:
-        # Which of several rows tied with the last kept score stay out does not matter: the caller keeps no
-        # row scoring as low as the last one unless the result holds every scanned row.
-        best = np.argpartition(-scores, wanted - 1)[:wanted]
-        scores, rows = scores[best], rows[best]
-    order = np.lexsort((rows, -scores))
-    return scores[order].astype(np.float64), rows[order]
+    @classmethod
+    def of(cls, book: _Book, query: np.ndarray) -> _QueryWeights:
+        weights = query * (book.width.astype(np.float64) / _LEVELS)
+        largest = float(np.abs(weights).max())
+        scale = largest / 127 if largest > 0 else 1.0
+        quantised = np.clip(np.rint(weights / scale), -127, 127)
+        residual = weights - scale * quantised
+        error = min(_CODE_OFFSET * float(np.abs(residual).sum()), float(np.linalg.norm(residual)) * book.code_norm_max)
+        # float64 rounding of the weights, the residual and the sums: far below this margin.
+        error = error * (1 + 1e-9) + 1e-12 * _CODE_OFFSET * float(np.abs(weights).sum())
+        return cls(quantised=quantised.astype(np.int8)[None, :], scale=scale, error=error)
 
 
 class _SharedScan:
     """The chunks of one query's scan, taken one at a time by the calling thread (:meth:`run`) and, if it is
     free and starts in time, the process's helper thread (:meth:`help`). The caller never waits for the helper
     to start: once every chunk is taken (or its own scan failed) it closes the scan, and a helper starting later
-    does nothing; it only waits for the result of a chunk the helper is scanning."""
+    does nothing; it only waits for a chunk the helper is scanning to finish."""
 
-    def __init__(self, book: _Book, query: np.ndarray, plan: _ScanPlan, length: int) -> None:
-        self._book, self._query, self._plan, self._length = book, query, plan, length
+    def __init__(
+        self,
+        codes: np.ndarray,
+        weights: np.ndarray,
+        positions: np.ndarray | None,
+        chunks: tuple[tuple[int, int], ...],
+        out: np.ndarray,
+    ) -> None:
+        self._codes, self._weights, self._positions, self._chunks, self._out = codes, weights, positions, chunks, out
         self._lock = threading.Lock()
         self._next = 0
+        self._finished = 0
         self._closed = False
         self._helping = False
         self._helper_done = threading.Event()
         self._helper_error: BaseException | None = None
-        self._results: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(plan.chunks)
 
-    def run(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Every chunk's best scores and rows, scanned with the helper's help when it is free."""
+    def run(self) -> None:
+        """Fill ``out`` chunk by chunk, with the helper's help when it is free."""
         busy = _helper_busy
         borrowed = busy.acquire(blocking=False)
         helping = False
@@ -687,9 +721,7 @@ class _SharedScan:
                 busy.release()
         if self._helper_error is not None:
             raise self._helper_error
-        results = [result for result in self._results if result is not None]
-        assert len(results) == len(self._results)  # every chunk was taken, and each taker finished it
-        return results
+        assert self._finished == len(self._chunks)  # every chunk was taken, and each taker finished it
 
     def help(self) -> None:
         """The helper thread's share: chunks until none is left (nothing when the caller already closed)."""
@@ -708,40 +740,25 @@ class _SharedScan:
         while True:
             with self._lock:
                 number = self._next
-                if number >= len(self._results):
+                if number >= len(self._chunks):
                     return
                 self._next += 1
-            begin, stop = self._plan.chunks[number]
-            self._results[number] = _scan_range(self._book, self._query, begin, stop, self._plan.bitmap, self._length)
+            _scan_range(self._codes, self._weights, self._positions, *self._chunks[number], self._out)
+            with self._lock:
+                self._finished += 1
 
 
 def _scan_range(
-    book: _Book, query: np.ndarray, start: int, stop: int, bitmap: np.ndarray | None, length: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """The best ``length`` approximate scores (float32, unordered) of rows ``start:stop`` (those set in
-    ``bitmap``, or all) and their rows; fewer when the range holds fewer. Runs on the calling thread only."""
-    scores = np.full(length, np.finfo(np.float32).min, dtype=np.float32)  # an empty min-heap, as faiss fills it
-    labels = np.full(length, -1, dtype=np.int64)
-    selector = None
-    if bitmap is not None:
-        # `start` is a multiple of 8: the chunk's bits begin at a byte, and faiss numbers its rows from 0.
-        part = bitmap[start // 8 : -(-stop // 8)]
-        selector = faiss.IDSelectorBitmap(len(part), faiss.swig_ptr(part))
-    codes = book.codes[start:stop]
-    # The scanner reads the trained ranges of `book.index` and the query by pointer: both outlive it here.
-    scanner = book.index.sq.select_InvertedListScanner(faiss.METRIC_INNER_PRODUCT, None, True, selector, False)
-    try:
-        scanner.set_list(0, 0.0)  # store_pairs=True, list 0: a row's label is its position in `codes`
-        scanner.set_query(faiss.swig_ptr(query))
-        scanner.scan_codes(
-            stop - start, faiss.swig_ptr(codes), None, faiss.swig_ptr(scores), faiss.swig_ptr(labels), length
-        )
-    finally:
-        # faiss hands the scanner over without telling SWIG, and taking ownership through `scanner.this.own()`
-        # breaks SWIG's type table for every later scanner: free it explicitly.
-        type(scanner).__swig_destroy__(scanner)
-    found = labels >= 0
-    return scores[found], labels[found] + start
+    codes: np.ndarray, weights: np.ndarray, positions: np.ndarray | None, start: int, stop: int, out: np.ndarray
+) -> None:
+    """``out[start:stop]``: the integer dots of ``weights`` (int8 ``(1, d)``) with the codes of rows
+    ``start:stop`` (or of rows ``positions[start:stop]``)."""
+    if positions is None:
+        numkong.cdist(weights, codes[start:stop], metric="dot", out=out[None, start:stop])
+        return
+    for begin in range(start, stop, _GATHER_BLOCK_ROWS):
+        end = min(stop, begin + _GATHER_BLOCK_ROWS)
+        numkong.cdist(weights, codes[positions[begin:end]], metric="dot", out=out[None, begin:end])
 
 
 # The one helper thread of the process and whether a query is using it (see the module docstring).
@@ -769,7 +786,7 @@ if hasattr(os, "register_at_fork"):
 
 
 def _read_codes(path: Path, out: np.ndarray) -> None:
-    """Read the ``codes`` array of the ``.npz`` at ``path`` into ``out`` (uint8, its exact shape), with no
+    """Read the ``codes`` array of the ``.npz`` at ``path`` into ``out`` (its exact shape and byte type), with no
     intermediate copy. Raises ``ValueError`` naming the file when the member is missing or does not fit."""
     try:
         with zipfile.ZipFile(path) as archive, archive.open("codes.npy") as member:
@@ -778,8 +795,8 @@ def _read_codes(path: Path, out: np.ndarray) -> None:
                 shape, fortran, dtype = np.lib.format.read_array_header_1_0(member)
             else:
                 shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
-            if tuple(shape) != out.shape or dtype != np.uint8 or fortran:
-                raise ValueError(f"codes of shape {tuple(shape)} and type {dtype}, expected {out.shape} uint8")
+            if tuple(shape) != out.shape or dtype != out.dtype or fortran:
+                raise ValueError(f"codes of shape {tuple(shape)} and type {dtype}, expected {out.shape} {out.dtype}")
             target = memoryview(out).cast("B")  # type: ignore[arg-type]  # ndarray's stub lacks __buffer__ before 3.12
             read = 0
             while read < out.nbytes:  # in slices: one read() of everything would hold two more copies

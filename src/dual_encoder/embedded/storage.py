@@ -109,14 +109,14 @@ def load_checked_arrays(
     *,
     what: str,
     file_format: str,
-    version: int,
+    version: int | tuple[int, ...],
     dimension: int,
     similarity: str,
     skip: frozenset[str] = frozenset(),
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The JSON header and the arrays (except ``skip``) of a file :func:`save_arrays_atomically` wrote for a
-    derived index (``what``: how messages name it), checked to be ``file_format`` at ``version`` for ``dimension``-d
-    ``similarity`` vectors.
+    derived index (``what``: how messages name it), checked to be ``file_format`` at ``version`` (or one of a
+    tuple of versions) for ``dimension``-d ``similarity`` vectors.
 
     :raises ValueError: naming the file and saying that deleting it makes the store rebuild it, when it cannot
         be read, is another format or version, or was written for another dimension or similarity.
@@ -129,8 +129,10 @@ def load_checked_arrays(
         raise ValueError(
             f"Cannot read the {what} '{path}' ({error}). Delete it: the store rebuilds it from its vectors."
         ) from error
-    if not isinstance(header, dict) or header.get("format") != file_format or header.get("version") != version:
-        raise ValueError(f"'{path}' is not a version-{version} {what} file. Delete it: the store rebuilds it.")
+    versions = version if isinstance(version, tuple) else (version,)
+    if not isinstance(header, dict) or header.get("format") != file_format or header.get("version") not in versions:
+        names = " or ".join(str(number) for number in versions)
+        raise ValueError(f"'{path}' is not a version-{names} {what} file. Delete it: the store rebuilds it.")
     if header.get("dimension") != int(dimension) or header.get("similarity") != similarity:
         raise ValueError(
             f"The {what} '{path}' holds {header.get('dimension')}-d {header.get('similarity')} vectors, not "

@@ -1195,7 +1195,7 @@ class EmbeddedStore(KeywordSearchMixin, Store):
     # ------------------------------------------------------------------------------ exact search codes
     def _quantised_index(self) -> Any:
         """The 8-bit codes of every embedded slot for exact search's first pass, or ``None`` when the store is
-        below ``quantised_threshold`` (or faiss is missing).
+        below ``quantised_threshold`` (or NumKong is missing).
 
         Loaded from the file saved with the store when that is recent enough (then brought up to date from the
         change log), else built from the matrix and saved. Call under ``_lock``."""
