@@ -100,6 +100,18 @@ def write_result(name: str, payload: dict) -> Path:
     return path
 
 
+def unit_rows(rows: int, dimension: int, seed: int) -> np.ndarray:
+    """Random unit rows made block by block in float32, so 1,000,000 x 384 never exists in float64 (another random
+    stream than :func:`unit_vectors`, whose callers' committed results keep theirs)."""
+    generator = np.random.default_rng(seed)
+    matrix = np.empty((rows, dimension), dtype=np.float32)
+    for start in range(0, rows, 65_536):
+        block = generator.standard_normal((min(65_536, rows - start), dimension), dtype=np.float32)
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
+        matrix[start : start + len(block)] = block
+    return matrix
+
+
 def unit_vectors(count: int, dimension: int, seed: int) -> np.ndarray:
     vectors = np.random.default_rng(seed).normal(size=(count, dimension)).astype(np.float32)
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)

@@ -16,19 +16,19 @@ import statistics
 import time
 
 import numpy as np
-from _common import write_result
-from int8_scan import DIMENSION, unit_rows
+from _common import unit_rows, write_result
 
 from dual_encoder.embedded.quantised import TWO_THREAD_MIN_ROWS, QuantisedVectors
 
+DIMENSION = 384
 SIZES = (16_384, 50_000, 100_000, 200_000, 400_000)
 QUERIES = 40
 ROUNDS = 3
 
 
 def main() -> None:
-    matrix = unit_rows(max(SIZES), seed=1)
-    queries = unit_rows(QUERIES, seed=2)
+    matrix = unit_rows(max(SIZES), DIMENSION, seed=1)
+    queries = unit_rows(QUERIES, DIMENSION, seed=2)
     load = [os.getloadavg()[0]]
     sizes = {}
     for rows in SIZES:

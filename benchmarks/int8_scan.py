@@ -31,7 +31,7 @@ import time
 import faiss
 import numkong
 import numpy as np
-from _common import summary, write_result
+from _common import summary, unit_rows, write_result
 from threadpoolctl import threadpool_limits
 
 from dual_encoder.embedded.quantised import QuantisedVectors
@@ -39,17 +39,6 @@ from dual_encoder.embedded.quantised import QuantisedVectors
 DIMENSION = 384
 TOP = 10
 FAISS_WANTED = 296  # the result length the former first pass asked faiss for at k = 10
-
-
-def unit_rows(rows: int, seed: int) -> np.ndarray:
-    """Unit rows made block by block (float32 throughout: 1M x 384 never exists in float64)."""
-    generator = np.random.default_rng(seed)
-    matrix = np.empty((rows, DIMENSION), dtype=np.float32)
-    for start in range(0, rows, 65_536):
-        block = generator.standard_normal((min(65_536, rows - start), DIMENSION), dtype=np.float32)
-        block /= np.linalg.norm(block, axis=1, keepdims=True)
-        matrix[start : start + len(block)] = block
-    return matrix
 
 
 def faiss_scanner(codes: QuantisedVectors, rows: int) -> faiss.IndexScalarQuantizer:
@@ -74,8 +63,8 @@ def main() -> None:
     faiss.omp_set_num_threads(1)
 
     started = time.perf_counter()
-    matrix = unit_rows(arguments.rows, seed=1)
-    queries = unit_rows(arguments.queries, seed=2)
+    matrix = unit_rows(arguments.rows, DIMENSION, seed=1)
+    queries = unit_rows(arguments.queries, DIMENSION, seed=2)
     codes = QuantisedVectors(DIMENSION, "cosine")
     for start in range(0, len(matrix), 65_536):
         block = np.arange(start, min(start + 65_536, len(matrix)))

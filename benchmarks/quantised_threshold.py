@@ -23,13 +23,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import WORK, write_result
-from int8_scan import unit_rows
+from _common import WORK, unit_rows, write_result
 
 from dual_encoder.embedded import EmbeddedStore
 from dual_encoder.embedded.store import DEFAULT_QUANTISED_THRESHOLD
 from dual_encoder.stores.contract import StoredRecord
 
+DIMENSION = 384
 SIZES = (2_500, 5_000, 10_000, 20_000, 50_000)
 CODES, NO_CODES = 0, 10**12
 
@@ -57,8 +57,8 @@ def both_ways(store: EmbeddedStore, queries: np.ndarray) -> dict:
 
 
 def synthetic() -> dict:
-    matrix = unit_rows(max(SIZES), seed=1)
-    queries = unit_rows(200, seed=2)
+    matrix = unit_rows(max(SIZES), DIMENSION, seed=1)
+    queries = unit_rows(200, DIMENSION, seed=2)
     results = {}
     for size in SIZES:
         store = EmbeddedStore(quantised_threshold=CODES)

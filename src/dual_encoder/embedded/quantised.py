@@ -601,9 +601,7 @@ class QuantisedVectors:
             np.clip(codes, 0, _LEVELS, out=codes)
             codes -= np.float32(_CODE_OFFSET)
             book.codes[slots[start : start + len(rows)]] = codes.astype(np.int8)
-            # Exact in float32: sums of at most dimension * 128**2 (below 2**24 up to 1,024 dimensions; a relative
-            # 1e-4 covers the rounding of larger ones).
-            code_norms = np.sqrt(np.einsum("ij,ij->i", codes, codes, dtype=np.float64)) * (1 + 1e-4)
+            code_norms = _code_norms(codes)
             # Decoded as lower + ((c + 0.5) / 255) * width; `codes` becomes the error row - decoded.
             codes += np.float32(_CODE_OFFSET + 0.5)
             codes /= np.float32(_LEVELS)
@@ -643,14 +641,20 @@ def _allowed_error(lower: np.ndarray, width: np.ndarray) -> np.ndarray:
     return width64 / (2 * _LEVELS) + 8 * _UNIT_ROUNDOFF * (np.abs(lower64) + np.abs(lower64 + width64) + width64)
 
 
+def _code_norms(codes: np.ndarray) -> np.ndarray:
+    """Each row's ``|c - 128|`` norm (``codes``: float32 ``c - 128``), rounded up: the float64 sums are exact, and
+    the relative 1e-4 covers the square root's rounding many times over."""
+    return np.sqrt(np.einsum("ij,ij->i", codes, codes, dtype=np.float64)) * (1 + 1e-4)
+
+
 def _largest_code_norm(codes: np.ndarray, rows: np.ndarray) -> float:
-    """The largest ``|c - 128|`` norm among the ``rows`` (bool mask) of ``codes``."""
+    """The largest ``|c - 128|`` norm among the ``rows`` (bool mask) of ``codes`` (int8)."""
     largest = 0.0
     for start in range(0, len(codes), _ENCODE_BLOCK):
-        block = codes[start : start + _ENCODE_BLOCK][rows[start : start + _ENCODE_BLOCK]].astype(np.float32)
+        block = codes[start : start + _ENCODE_BLOCK][rows[start : start + _ENCODE_BLOCK]]
         if len(block):
-            largest = max(largest, float(np.sqrt(np.einsum("ij,ij->i", block, block, dtype=np.float64).max())))
-    return largest * (1 + 1e-4)
+            largest = max(largest, float(_code_norms(block.astype(np.float32)).max()))
+    return largest
 
 
 @dataclasses.dataclass(frozen=True)
