@@ -168,7 +168,7 @@ def test_gathered_rows_give_the_candidates_of_the_whole_buffer(two_cpus, similar
         allowed = rng.random(len(matrix)) < fraction
         query = _unit(rng.standard_normal(32).astype(np.float32), similarity)
         answers = []
-        for gather_fraction in (1, 10**9):  # never gather, always gather
+        for gather_fraction in (1, 10**9):  # always gather, never gather
             monkeypatch.setattr(quantised, "_GATHER_MAX_FRACTION", gather_fraction)
             answers.append(_assert_same_and_exact(codes, matrix, query, 10, allowed))
         np.testing.assert_array_equal(*answers)
@@ -184,11 +184,11 @@ def test_the_chunks_integer_dots_are_the_exact_products(dimension, monkeypatch):
     weights = rng.integers(-127, 128, size=(1, dimension)).astype(np.int8)
     expected = book.codes[: len(matrix)].astype(np.int64) @ weights[0].astype(np.int64)
     positions = np.flatnonzero(rng.random(len(matrix)) < 0.3)
+    monkeypatch.setattr(quantised, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(quantised, "TWO_THREAD_MIN_ROWS", 1000)
     for threads, chunk_rows in ((1, 16_384), (2, 16_384), (2, 300)):
         codes.scan_threads = threads
         monkeypatch.setattr(quantised, "_CHUNK_MIN_ROWS", chunk_rows)
-        monkeypatch.setattr(quantised, "usable_cpus", lambda: 2)
-        monkeypatch.setattr(quantised, "TWO_THREAD_MIN_ROWS", 1000)
         whole = codes._dots(book, weights, None, len(matrix), len(matrix))
         gathered = codes._dots(book, weights, positions, len(matrix), len(positions))
         assert whole.dtype == (np.float32 if dimension < 1024 else np.float64)

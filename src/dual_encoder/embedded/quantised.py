@@ -80,6 +80,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -138,7 +139,8 @@ TWO_THREAD_MIN_ROWS = 16_384
 # Chunks hold at least _CHUNK_MIN_ROWS scanned rows and there are at most _CHUNKS_MAX of them.
 _CHUNK_MIN_ROWS = 16_384
 _CHUNKS_MAX = 8
-# The candidate limit when none is given: the rows a gather can rescore in float32 for less than a full scan.
+# The candidate limit when none is given: the former fixed limit, or an eighth of the scanned rows when that is
+# more (not measured as a crossover: past it the caller's float32 scan of every allowed row is assumed cheaper).
 _DEFAULT_MAX_CANDIDATES = 8192
 _MAX_CANDIDATES_FRACTION = 8
 
@@ -154,12 +156,23 @@ class _Book:
     encoded: np.ndarray  # bool (capacity,): whether a row holds a current code
     residual_max: float  # largest |d - d_hat| over encoded rows inside the ranges
     norm_max: float  # largest |d| and |d_hat| over encoded rows
-    code_norm_max: float  # largest |c - 128| over encoded rows
+    code_norm_max: float  # largest |c - 128| norm over encoded rows inside the ranges
     outliers: np.ndarray  # int64 sorted: encoded rows with a component outside its range
 
     @property
     def capacity(self) -> int:
         return int(self.codes.shape[0])
+
+    # Per-dimension arrays every query's bounds read: computed once per book, not per query.
+    @functools.cached_property
+    def step(self) -> np.ndarray:
+        """float64 (d,): ``width / 255``, one code step per dimension."""
+        return self.width.astype(np.float64) / _LEVELS
+
+    @functools.cached_property
+    def allowed_error(self) -> np.ndarray:
+        """float64 (d,): :func:`_allowed_error` of the ranges."""
+        return _allowed_error(self.lower, self.width)
 
 
 class QuantisedVectors:
@@ -534,7 +547,7 @@ class QuantisedVectors:
 
     def _bound(self, book: _Book, query: np.ndarray) -> float:
         length = float(np.linalg.norm(query))
-        per_dimension = float(np.abs(query) @ _allowed_error(book.lower, book.width))
+        per_dimension = float(np.abs(query) @ book.allowed_error)
         residual = length * book.residual_max
         # The exact score is a float32 sum of `dimension` products: within dimension * u * |q| * |row| of the
         # real value (u: float32 unit roundoff); the decoded rows the residuals were measured against add a few u.
@@ -590,7 +603,7 @@ class QuantisedVectors:
     def _encode_into(self, book: _Book, slots: np.ndarray, prepared: np.ndarray) -> _Encoding:
         """Write the codes of ``prepared`` rows at ``slots``."""
         scale = np.float32(_LEVELS) / book.width
-        allowed_error = _allowed_error(book.lower, book.width).astype(np.float32)
+        allowed_error = book.allowed_error.astype(np.float32)
         outside = np.empty(len(slots), dtype=bool)
         residual_max, norm_max, code_norm_max = 0.0, 0.0, 0.0
         for start in range(0, len(slots), _ENCODE_BLOCK):
@@ -668,7 +681,7 @@ class _QueryWeights:
 
     @classmethod
     def of(cls, book: _Book, query: np.ndarray) -> _QueryWeights:
-        weights = query * (book.width.astype(np.float64) / _LEVELS)
+        weights = query * book.step
         largest = float(np.abs(weights).max())
         scale = largest / 127 if largest > 0 else 1.0
         quantised = np.clip(np.rint(weights / scale), -127, 127)
