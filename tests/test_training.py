@@ -477,6 +477,41 @@ def test_the_plan_warns_when_bf16_would_be_emulated(monkeypatch, precision, nati
     assert ("bf16 is emulated" in text and "--precision auto" in text) is warned
 
 
+@pytest.mark.parametrize(
+    ("native", "timing", "chosen"),
+    [
+        (False, None, "fp32"),
+        (True, {"fp32_ms": 100.0, "bf16_ms": 40.0}, "bf16"),
+        (True, {"fp32_ms": 100.0, "bf16_ms": 95.0}, "fp32"),  # within noise of fp32: not worth bf16's rounding
+        (True, {"fp32_ms": 100.0, "bf16_ms": 180.0}, "fp32"),  # native bf16 that is slower (no AMX)
+    ],
+)
+def test_auto_precision_picks_bf16_only_where_it_measured_faster(monkeypatch, native, timing, chosen):
+    from dual_encoder.training import trainer
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(trainer, "bf16_timing", lambda: timing)
+    assert trainer.resolve_precision("auto") == chosen
+    assert trainer.resolve_precision("bf16") == "bf16" and trainer.resolve_precision("fp32") == "fp32"
+    note = trainer._auto_precision_note("auto", chosen)
+    if native:
+        assert f"{timing['bf16_ms']:g} ms in bf16 against {timing['fp32_ms']:g} ms in fp32" in note
+        assert f"auto chose {chosen}" in note
+    else:
+        assert note is None
+
+
+def test_bf16_timing_measures_both_precisions_and_leaves_the_random_state_alone():
+    from dual_encoder.training import trainer
+
+    before = torch.random.get_rng_state()
+    timing = trainer.bf16_timing.__wrapped__()  # uncached: this test measures
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert set(timing) == {"fp32_ms", "bf16_ms"}
+    assert timing["fp32_ms"] > 0 and timing["bf16_ms"] > 0
+
+
 # ----------------------------------------------------------------------------------- the guard's arithmetic
 def _scores(step: int, ndcg: list[float]) -> DevScores:
     values = np.array(ndcg)

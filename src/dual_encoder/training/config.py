@@ -36,7 +36,8 @@ LOSSES = ("mnrl", "cached-mnrl", "gist", "cached-gist", "triplet")
 #: How a ``light-query`` or ``static-query`` tower learns: towards the full model's query embeddings, against the
 #: frozen document tower, or both.
 LIGHT_QUERY_OBJECTIVES = ("distill", "contrastive", "both")
-#: ``auto``: bf16 mixed precision where the CPU computes bfloat16 natively (AVX-512 BF16 or AMX), else fp32.
+#: ``auto``: bf16 mixed precision where the CPU computes bfloat16 natively (AVX-512 BF16 or AMX) and bf16 measures
+#: faster than fp32 there (``trainer.bf16_timing``), else fp32.
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
