@@ -17,20 +17,28 @@ WORK = Path(__file__).resolve().parent / ".work"
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+_SIMD_FLAGS = {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx_vnni"}
+
+
 def machine() -> dict:
     import numpy
     import torch
 
-    cpu = "unknown"
+    cpu, flags = "unknown", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+            if cpu != "unknown" and flags:
                 break
     except OSError:
         pass
     return {
         "cpu": cpu,
+        # The vector instructions the numbers depend on (the hosts here differ: AVX2-only or AVX-512 BF16).
+        "simd": sorted(flags & _SIMD_FLAGS),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),

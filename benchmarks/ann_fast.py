@@ -19,13 +19,22 @@ Configurations (``dual_encoder.embedded.ann.ApproximateIndex`` parameters):
 - ``lists8_1thread`` / ``lists8_2threads``: 8 lists, all 8 probed (still exhaustive), on 1 or 2 threads (one
   index, so the thread count is the only difference);
 - ``lists2_2threads``: 2 lists, both probed, on 2 threads;
-- ``dims4_lists8_2threads``: half the code bytes (4 dimensions per sub-quantiser) with more candidates.
+- ``dims4_lists8_2threads``: half the code bytes (4 dimensions per sub-quantiser) with more candidates;
+- ``dims3_lists8_2threads``: two thirds of the code bytes (3 dimensions per sub-quantiser, 64 bytes per vector).
+
+``--scan-rate`` adds where the scan's time comes from: faiss's scan of the default index's codes over the first
+100,000 rows (10 MB of codes, which stay in the caches when searched back to back) and over all rows, on 1 and 2
+threads, in milliseconds per million codes. The same rate at both sizes means the kernel's arithmetic bounds the
+scan; a slower rate over all rows means memory bandwidth does, and then only fewer code bytes per vector make it
+faster.
 
 Run from the repository root on a quiet machine (it times single queries; other jobs distort them)::
 
     .venv/bin/python benchmarks/ann_fast.py curve                 # ~6 min, ~3 GB RAM
     .venv/bin/python benchmarks/ann_fast.py curve --vectors /path/to/store/vectors-XXXX.f32   # reuse rows
     .venv/bin/python benchmarks/ann_fast.py scifact               # ~3 min the first time (encodes SciFact)
+    .venv/bin/python benchmarks/ann_fast.py curve --configurations lists8_2threads dims3_lists8_2threads \
+        --scan-rate --tag _scan_rate                                # the default beside 64-byte codes
 
 ``--vectors`` reads the first ``--size`` rows of a float32 row-major file of 384-d vectors (an embedded
 store's vector file) through a read-only memory map instead of generating random ones.
@@ -51,6 +60,7 @@ QUERIES = 200
 WARM_UP = 20
 DIMS2_CURVE = [100, 200, 300, 500, 1000]
 DIMS4_CURVE = [500, 1000, 2000, 3000, 5000]
+DIMS3_CURVE = [500, 1000, 1500, 2000, 3000]
 
 # name -> (index key, search parameters, candidates curve)
 CONFIGURATIONS: dict[str, tuple[str, dict, list[int]]] = {
@@ -59,6 +69,7 @@ CONFIGURATIONS: dict[str, tuple[str, dict, list[int]]] = {
     "lists8_2threads": ("lists8", {"threads": 2}, DIMS2_CURVE),
     "lists2_2threads": ("lists2", {"threads": 2}, DIMS2_CURVE),
     "dims4_lists8_2threads": ("dims4_lists8", {"threads": 2}, DIMS4_CURVE),
+    "dims3_lists8_2threads": ("dims3_lists8", {"threads": 2}, DIMS3_CURVE),
 }
 # index key -> structural parameters (built on one thread: on a shared machine a second thread's waits
 # dominate the build)
@@ -67,6 +78,7 @@ INDEXES: dict[str, dict] = {
     "lists8": {"lists": 8, "probe": 8, "threads": 1},
     "lists2": {"lists": 2, "probe": 2, "threads": 1},
     "dims4_lists8": {"lists": 8, "probe": 8, "threads": 1, "dims_per_subquantizer": 4},
+    "dims3_lists8": {"lists": 8, "probe": 8, "threads": 1, "dims_per_subquantizer": 3},
 }
 
 
@@ -183,10 +195,14 @@ def load_matrix(size: int, vectors: str | None) -> tuple[np.ndarray, str]:
     norms = np.linalg.norm(np.asarray(rows[:1000]), axis=1)
     if not np.allclose(norms, 1.0, atol=1e-4):
         raise SystemExit(f"The first rows of {vectors} are not unit vectors: this stage measures random unit vectors.")
-    return rows[:size], f"first {size} rows of {vectors} (read-only memory map)"
+    # The store folder and file name only: results carry no machine's absolute paths.
+    named = Path(vectors).resolve()
+    return rows[:size], f"first {size} rows of {named.parent.name}/{named.name} (read-only memory map)"
 
 
-def stage_curve(size: int, vectors: str | None, configurations: list[str], scratch_root: Path, count: int) -> dict:
+def stage_curve(
+    size: int, vectors: str | None, configurations: list[str], scratch_root: Path, count: int, scan_rate: bool = False
+) -> dict:
     from threadpoolctl import threadpool_limits
 
     matrix, source = load_matrix(size, vectors)
@@ -221,11 +237,15 @@ def stage_curve(size: int, vectors: str | None, configurations: list[str], scrat
     # Where the time goes: at the default 500 candidates (3,000 for the smaller codes, which need more).
     breakdown = {}
     for name, (key, params, _) in entries.items():
-        candidates = 3000 if key.startswith("dims4") else 500
+        candidates = {"dims4": 3000, "dims3": 1500}.get(key[:5], 500)
         indexes[key].params.update(params, candidates=candidates)
         breakdown[name] = {"candidates": candidates, **time_breakdown(indexes[key], queries[:50])}
         print(f"breakdown {name}: {breakdown[name]}", flush=True)
     results["time_breakdown"] = breakdown
+
+    if scan_rate and "lists8" in indexes:
+        results["scan_rate"] = _scan_rate(indexes["lists8"], matrix, queries[:100])
+        print(f"scan rate: {results['scan_rate']}", flush=True)
 
     rng = np.random.default_rng(3)
     for key in ("lists1", "lists8"):
@@ -256,6 +276,40 @@ def stage_curve(size: int, vectors: str | None, configurations: list[str], scrat
         print(f"checks {key}: {report}", flush=True)
     results["load_average_at_end"] = [round(value, 2) for value in os.getloadavg()]
     return results
+
+
+def _scan_rate(index, matrix: np.ndarray, queries: np.ndarray, small: int = 100_000) -> dict:
+    """faiss's scan (300 candidates, every list) of the first ``small`` rows' codes and of all rows' codes, on 1
+    and 2 threads: milliseconds per query and per million codes. Each (codes, threads) pair runs its queries back
+    to back after two warm-up searches, so the small set's 10 MB of codes stay in the caches between queries
+    (alternating with the large set would evict them)."""
+    import faiss
+
+    from dual_encoder.embedded.ann import _OmpThreads, _parallel_over_lists
+
+    whole = index._index
+    part = _parallel_over_lists(faiss.clone_index(whole))
+    part.reset()  # keeps the trained quantisers
+    part.add(index._prepare(np.asarray(matrix[:small], dtype=np.float32)))
+    prepared = [index._prepare(query[None, :]) for query in queries]
+    params = faiss.SearchParametersIVF(nprobe=whole.nlist)  # type: ignore[call-arg]
+    result: dict = {"code_bytes_per_vector": whole.code_size, "rows": {"small": small, "all": whole.ntotal}}
+    for round_ in range(2):  # two rounds, so a load change shows as a difference between them
+        for threads in (1, 2):
+            for name, codes in (("small", part), ("all", whole)):
+                samples = []
+                with _OmpThreads(threads):
+                    for query in prepared[:2] + prepared:
+                        begun = time.perf_counter()
+                        codes.search(query, 300, params=params)
+                        samples.append((time.perf_counter() - begun) * 1000)
+                p50 = summary(samples[2:])["p50_ms"]
+                rows = result["rows"][name]
+                result[f"{name}_{threads}thread_round{round_ + 1}"] = {
+                    "p50_ms": p50,
+                    "ms_per_million_codes": round(p50 * 1e6 / rows, 2),
+                }
+    return result
 
 
 def _timed(index, query: np.ndarray) -> float:
@@ -368,11 +422,13 @@ def main() -> None:
     parser.add_argument("--vectors", default=None, help="float32 file of 384-d unit rows to read instead of generating")
     parser.add_argument("--configurations", nargs="+", default=list(CONFIGURATIONS), choices=list(CONFIGURATIONS))
     parser.add_argument("--scratch", type=Path, default=WORK, help="directory for the saved index of the load check")
+    parser.add_argument("--scan-rate", action="store_true", help="also time the scan over cached and uncached codes")
+    parser.add_argument("--tag", default="", help="suffix for the result file name (keeps earlier runs' files)")
     args = parser.parse_args()
     started = time.perf_counter()
     if args.stage == "curve":
-        payload = stage_curve(args.size, args.vectors, args.configurations, args.scratch, args.queries)
-        name = f"ann_fast_{args.size // 1000}k"
+        payload = stage_curve(args.size, args.vectors, args.configurations, args.scratch, args.queries, args.scan_rate)
+        name = f"ann_fast_{args.size // 1000}k{args.tag}"
     else:
         from threadpoolctl import threadpool_limits
 
