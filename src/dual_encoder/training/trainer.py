@@ -324,7 +324,7 @@ def _auto_precision_note(requested: str, chosen: str) -> str | None:
     if requested != "auto" or torch.cuda.is_available() or not cpu_has_native_bf16():
         return None
     timing = bf16_timing()
-    verdict = "faster" if chosen == "bf16" else "not faster"
+    verdict = "faster" if chosen == "bf16" else f"not at least {1 - _BF16_MAX_TIME_RATIO:.0%} faster"
     return (
         f"This CPU computes bfloat16 natively, and a transformer layer's training pass took {timing['bf16_ms']:g} ms "
         f"in bf16 against {timing['fp32_ms']:g} ms in fp32 here: bf16 is {verdict}, so auto chose {chosen}."
