@@ -127,8 +127,9 @@ def train(config: TrainingConfig | dict[str, Any], *, announce: Callable[[str], 
 
     # Training arguments are validated now, so a setting the machine cannot run fails before the mining pass.
     plan = _plan(config, train_data, dev_data)
-    if _auto_precision_note(config.precision, precision):
-        plan["bf16_timing_ms"] = bf16_timing()
+    timing = _auto_bf16_timing(config.precision)
+    if timing is not None:
+        plan["bf16_timing_ms"] = timing
     args = _training_arguments(config, output, plan, precision=precision, has_dev=dev_data is not None)
     say(_plan_text(plan, config, precision))
 
@@ -273,10 +274,20 @@ def resolve_precision(precision: str) -> str:
 
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    if not cpu_has_native_bf16():
+    timing = _auto_bf16_timing(precision)
+    if timing is None:
         return "fp32"
-    timing = bf16_timing()
     return "bf16" if timing["bf16_ms"] <= _BF16_MAX_TIME_RATIO * timing["fp32_ms"] else "fp32"
+
+
+def _auto_bf16_timing(requested: str) -> dict[str, float] | None:
+    """The timing ``auto`` decides by, or ``None`` when it decides without one (a forced precision, a GPU, or a
+    CPU without native bfloat16)."""
+    import torch
+
+    if requested != "auto" or torch.cuda.is_available() or not cpu_has_native_bf16():
+        return None
+    return bf16_timing()
 
 
 #: ``auto`` picks bf16 only when its training pass takes at most this share of fp32's (a clear win, not noise).
@@ -319,11 +330,9 @@ def bf16_timing() -> dict[str, float]:
 
 def _auto_precision_note(requested: str, chosen: str) -> str | None:
     """Why ``auto`` chose ``chosen``, when it decided by measuring (``None`` otherwise)."""
-    import torch
-
-    if requested != "auto" or torch.cuda.is_available() or not cpu_has_native_bf16():
+    timing = _auto_bf16_timing(requested)
+    if timing is None:
         return None
-    timing = bf16_timing()
     verdict = "faster" if chosen == "bf16" else f"not at least {1 - _BF16_MAX_TIME_RATIO:.0%} faster"
     return (
         f"This CPU computes bfloat16 natively, and a transformer layer's training pass took {timing['bf16_ms']:g} ms "
